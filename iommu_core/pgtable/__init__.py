@@ -1,0 +1,10 @@
+"""The page-table engine: ARM LPAE formats, descriptors and a vectorized table.
+
+Knows formats and descriptors, nothing of Xen.
+"""
+
+from .extents import Extents, ExtentError, MappingConflict
+from .format import PRESETS, Format
+from .table import PageTable, Translation
+
+__all__ = ["Extents", "ExtentError", "Format", "MappingConflict", "PRESETS", "PageTable", "Translation"]

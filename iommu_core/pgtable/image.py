@@ -1,0 +1,115 @@
+"""Raw memory images of a table: `<path>.bin` plus a JSON manifest a walker can use.
+
+The image is the pool as the hardware would see it: little-endian 64-bit
+descriptors from physical address `base`, the root first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import descriptors as d
+from .format import ENTRIES, ENTRIES_SHIFT, GRANULE, LAST_LEVEL, PRESETS, Format
+
+MANIFEST_VERSION = 1
+
+
+def _paths(path) -> tuple[Path, Path]:
+    p = Path(path)
+    if p.suffix in (".bin", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".bin"), p.with_name(p.name + ".json")
+
+
+def export_image(table, path) -> tuple[Path, Path]:
+    """Write the table's memory image and manifest; return both paths."""
+    bin_path, json_path = _paths(path)
+    bin_path.parent.mkdir(parents=True, exist_ok=True)
+    pool = table.pool
+    image = pool.mem[: pool.top].astype("<u8", copy=False)
+    image.tofile(bin_path)
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "base": pool.base,
+        "root": table.root,
+        "size": int(image.nbytes),
+        **table.fmt.describe(),
+        "reclaim": table.reclaim,
+    }
+    json_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return bin_path, json_path
+
+
+def _format_from(manifest: dict, where: Path) -> Format:
+    try:
+        fmt = Format(manifest["format"], int(manifest["stage"]), int(manifest["ia_bits"]),
+                     int(manifest["oa_bits"]), tuple(manifest.get("leaf_sizes", ("4K", "2M", "1G"))),
+                     bool(manifest.get("coherent_walk", True)), bool(manifest.get("ns_quirk", False)))
+    except KeyError as e:
+        raise ValueError(f"{where}: manifest lacks the key {e.args[0]!r}") from None
+    for key in ("t0sz", "start_level", "root_tables"):
+        if key in manifest and manifest[key] != getattr(fmt, key):
+            raise ValueError(f"{where}: {key} is {manifest[key]!r} but a {fmt.ia_bits}-bit stage-{fmt.stage} "
+                             f"table has {getattr(fmt, key)!r}")
+    preset = PRESETS.get(fmt.name)
+    return preset if preset == fmt else fmt
+
+
+def load_image(cls, path):
+    """Rebuild a PageTable from an exported image, checking every table pointer."""
+    bin_path, json_path = _paths(path)
+    manifest = json.loads(json_path.read_text())
+    fmt = _format_from(manifest, json_path)
+    if manifest.get("root", manifest["base"]) != manifest["base"]:
+        raise ValueError(f"{json_path}: the root must sit at the image base")
+    raw = np.fromfile(bin_path, dtype="<u8")
+    if len(raw) % ENTRIES or len(raw) < fmt.root_tables * ENTRIES:
+        raise ValueError(f"{bin_path}: {len(raw) * 8} bytes is not a whole number of tables holding the root")
+    table = cls(fmt, base=int(manifest["base"]), reclaim=bool(manifest.get("reclaim", False)))
+    pool = table.pool
+    npages = len(raw) // ENTRIES
+    if npages > len(pool.mem):
+        pool._grow(npages)
+    pool.mem[:npages] = raw.reshape(npages, ENTRIES)
+    pool.top = npages
+    pool.level[:npages] = -1
+    pool.level[: fmt.root_tables] = fmt.start_level
+
+    # Walk down from the root: each table must be inside the image and reached once.
+    flat = pool.flat
+    rows = np.arange(fmt.root_entries, dtype=np.int64)    # flat indexes of the current level's entries
+    first_g = np.zeros(1, np.int64)
+    for level in fmt.levels:
+        desc = flat[rows]
+        kind = desc & np.uint64(d.DESC_TYPE_MASK)
+        if level == LAST_LEVEL:
+            bad = kind == np.uint64(d.DESC_BLOCK)
+            if bad.any():
+                raise ValueError(f"{bin_path}: reserved descriptor {int(desc[bad][0]):#x} at level 3")
+            break
+        if level == 0 and (kind == np.uint64(d.DESC_BLOCK)).any():
+            raise ValueError(f"{bin_path}: a block descriptor at level 0 is not valid with a 4 KiB granule")
+        tbl = np.flatnonzero(kind == np.uint64(d.DESC_TABLE))
+        pages = pool.page_of(desc[tbl] & np.uint64(d.OA_MASK_48))
+        addr = desc[tbl] & np.uint64(d.OA_MASK_48)
+        outside = (addr < np.uint64(pool.base)) | (pages >= npages) | (pages < fmt.root_tables)
+        if outside.any():
+            raise ValueError(f"{bin_path}: a level-{level} table descriptor points to "
+                             f"{int(addr[outside][0]):#x}, outside the image's tables")
+        if len(np.unique(pages)) != len(pages) or (pool.level[pages] != -1).any():
+            raise ValueError(f"{bin_path}: a table is reached twice (level {level + 1})")
+        g = (rows[tbl] - rows[0]) + first_g[0] if level == fmt.start_level else \
+            pool.prefix[rows[tbl] // ENTRIES] * ENTRIES + rows[tbl] % ENTRIES
+        pool.level[pages] = level + 1
+        pool.prefix[pages] = g
+        table._live[level + 1] = len(pages)
+        rows = (pages[:, None] * ENTRIES + np.arange(ENTRIES)).reshape(-1)
+    unused = np.flatnonzero(pool.level[:npages] == -1)
+    if (pool.mem[unused] != 0).any():
+        raise ValueError(f"{bin_path}: a page no table points to holds data")
+    pool._free = unused
+    table._peak_bytes = table.table_bytes
+    return table

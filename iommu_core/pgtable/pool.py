@@ -1,0 +1,94 @@
+"""Table memory: granule pages in one numpy array, each with a physical address.
+
+Page i lives at physical address base + i * 4 KiB, so descriptors hold real
+addresses and the array is a raw memory image. The root takes the first
+`root_tables` pages (aligned to its size because `base` is). Pages are zero
+whenever they are free, so a new table needs no clearing here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .format import ENTRIES, GRANULE, GRANULE_SHIFT, Format
+
+FREE = -1
+
+
+class TablePool:
+    def __init__(self, fmt: Format, base: int, capacity: int = 64):
+        if not isinstance(base, (int, np.integer)) or isinstance(base, bool) or base < 0:
+            raise ValueError(f"pool base must be a non-negative integer address, got {base!r}")
+        base = int(base)
+        if base % fmt.root_bytes:
+            raise ValueError(f"pool base {base:#x} is not aligned to the {fmt.root_bytes:#x}-byte root "
+                             f"of {fmt.name} ({fmt.root_tables} concatenated table(s))")
+        if base + fmt.root_bytes > 1 << fmt.oa_bits:
+            raise ValueError(f"pool base {base:#x} is beyond the {fmt.oa_bits}-bit output address "
+                             f"size of {fmt.name}")
+        self.fmt = fmt
+        self.base = base
+        self.max_pages = ((1 << fmt.oa_bits) - base) >> GRANULE_SHIFT
+        capacity = max(capacity, fmt.root_tables)
+        self.mem = np.zeros((capacity, ENTRIES), dtype=np.uint64)
+        self.level = np.full(capacity, FREE, dtype=np.int8)
+        self.prefix = np.zeros(capacity, dtype=np.int64)   # entry number in the parent level
+        self.top = fmt.root_tables                          # pages ever handed out
+        self.level[: self.top] = fmt.start_level
+        self._free = np.zeros(0, dtype=np.int64)            # freed pages, ascending
+
+    # Views of `mem` must not be kept across `alloc`: growing may move it.
+    @property
+    def flat(self) -> np.ndarray:
+        return self.mem.reshape(-1)
+
+    @property
+    def live_pages(self) -> int:
+        return self.top - len(self._free)
+
+    def phys(self, pages: np.ndarray) -> np.ndarray:
+        return np.asarray(pages, dtype=np.uint64) * np.uint64(GRANULE) + np.uint64(self.base)
+
+    def page_of(self, addr: np.ndarray) -> np.ndarray:
+        return ((np.asarray(addr, dtype=np.uint64) - np.uint64(self.base)) >> np.uint64(GRANULE_SHIFT)).astype(np.int64)
+
+    def alloc(self, level: int, prefixes: np.ndarray) -> np.ndarray:
+        """Pages for new tables of `level` indexing the given parent entries; zero-filled."""
+        n = len(prefixes)
+        reuse = self._free[:n]
+        self._free = self._free[n:]
+        fresh = n - len(reuse)
+        if self.top + fresh > len(self.mem):
+            self._grow(self.top + fresh)
+        pages = np.concatenate((reuse, np.arange(self.top, self.top + fresh, dtype=np.int64)))
+        self.top += fresh
+        self.level[pages] = level
+        self.prefix[pages] = prefixes
+        return pages
+
+    def free(self, pages: np.ndarray) -> None:
+        pages = np.asarray(pages, dtype=np.int64)
+        if len(pages) == 0:
+            return
+        self.mem[pages] = 0
+        self.level[pages] = FREE
+        self._free = np.union1d(self._free, pages)
+
+    def _grow(self, need: int) -> None:
+        if need > self.max_pages:
+            raise MemoryError(f"{self.fmt.name}: table pool would pass the {self.fmt.oa_bits}-bit output "
+                              f"address size (base {self.base:#x}, {need} pages)")
+        cap = min(self.max_pages, max(need, len(self.mem) + len(self.mem) // 4))
+        # resize() reallocates in place (mremap for large blocks): no second copy of the pool.
+        self.mem.resize((cap, ENTRIES), refcheck=False)
+        self.level = np.concatenate((self.level, np.full(cap - len(self.level), FREE, np.int8)))
+        self.prefix = np.concatenate((self.prefix, np.zeros(cap - len(self.prefix), np.int64)))
+
+    def tables_of_level(self, level: int) -> tuple[np.ndarray, np.ndarray]:
+        """(prefixes, pages) of the live tables of a level below the root, sorted by prefix."""
+        pages = np.flatnonzero(self.level[: self.top] == level)
+        if level == self.fmt.start_level:
+            pages = pages[:1]
+        prefixes = self.prefix[pages]
+        order = np.argsort(prefixes, kind="stable")
+        return prefixes[order], pages[order]

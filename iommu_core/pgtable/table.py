@@ -1,0 +1,675 @@
+"""A vectorized ARM LPAE page table: map, unmap, translate, decode, account.
+
+Work is done per level on arrays of entries or of table segments, never per
+4 KiB page in Python. Addresses in the public API are bytes; inside, page
+numbers (`pg`) and level-L entry numbers (`g`, the input address shifted by
+the level's shift) are used. A level-L table is identified by the number of
+the level-(L-1) entry that points to it (its "prefix", `g >> 9`).
+
+Every map is checked in full before the first write, so a refused batch leaves
+the table as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import descriptors as d
+from .extents import Batch, Extents, ExtentError, MappingConflict, map_batch, merge_runs, unmap_batch
+from .format import (ENTRIES, ENTRIES_PER_LINE, ENTRIES_SHIFT, GRANULE, GRANULE_SHIFT, LAST_LEVEL,
+                     Format, level_pages, level_shift)
+from .pool import TablePool
+
+U64 = np.uint64
+ROW_CHUNK = 2048                       # table rows written per numpy call: bounds temporaries
+LINES_PER_TABLE = ENTRIES // ENTRIES_PER_LINE
+_ROW_OFFSETS = np.arange(ENTRIES, dtype=U64)
+_COUNTERS = ("descriptors_written", "tables_allocated", "tables_freed", "block_splits",
+             "bbm_breaks", "pages_mapped", "pages_unmapped")
+
+
+@dataclass
+class Translation:
+    pa: np.ndarray        # uint64 output addresses (0 where faulted)
+    perm: np.ndarray      # uint8: descriptors.PERM_R | PERM_W
+    memtype: np.ndarray   # uint8: descriptors.MEMTYPES code
+    sw: np.ndarray        # uint8 software bits
+    fault: np.ndarray     # bool
+    level: np.ndarray     # int8 level of the leaf (-1 where faulted)
+
+
+def ragged(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For runs of the given lengths: the run of each element and its offset in the run."""
+    counts = np.asarray(counts, dtype=np.int64)
+    owner = np.repeat(np.arange(len(counts)), counts)
+    starts = np.cumsum(counts) - counts
+    return owner, np.arange(len(owner), dtype=np.int64) - starts[owner]
+
+
+def _follow_on(pages: np.ndarray) -> bool:
+    """Whether the pages are consecutive and ascending, so a slice can address them."""
+    n = len(pages)
+    return n > 0 and pages[-1] - pages[0] == n - 1 and (n < 3 or bool(np.all(np.diff(pages) == 1)))
+
+
+def _unique_sorted(a: np.ndarray) -> np.ndarray:
+    if len(a) < 2:
+        return a
+    return a[np.concatenate(([True], a[1:] != a[:-1]))]
+
+
+def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray, missing: int = -1) -> np.ndarray:
+    """values[k] for each query equal to keys[k] (keys sorted unique), else `missing`."""
+    if len(keys) == 0:
+        return np.full(len(query), missing, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return np.where(keys[pos] == query, values[pos], missing)
+
+
+def _union_size(starts: np.ndarray, ends: np.ndarray) -> int:
+    """Number of integers in the union of closed intervals [start, end]."""
+    if len(starts) == 0:
+        return 0
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], ends[order]
+    reach = np.maximum.accumulate(e)
+    lo = np.maximum(s[1:], reach[:-1] + 1)
+    return int(e[0] - s[0] + 1 + np.maximum(e[1:] - lo + 1, 0).sum()) if len(s) > 1 else int(e[0] - s[0] + 1)
+
+
+class _Op:
+    """Accounting of one map/unmap call."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(_COUNTERS, 0)
+        self.by_level = {k: np.zeros(LAST_LEVEL + 1, np.int64)
+                         for k in ("tables_allocated", "tables_freed", "block_splits")}
+        self._line_lo: list[np.ndarray] = []
+        self._line_hi: list[np.ndarray] = []
+
+    def lines(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Cache lines [lo, hi] (pool line numbers) were written."""
+        self._line_lo.append(np.asarray(lo, dtype=np.int64))
+        self._line_hi.append(np.asarray(hi, dtype=np.int64))
+
+    def entries(self, flat: np.ndarray) -> None:
+        line = np.asarray(flat, dtype=np.int64) // ENTRIES_PER_LINE
+        self.lines(line, line)
+        self.counts["descriptors_written"] += len(line)
+
+    def rows(self, pages: np.ndarray) -> None:
+        lo = np.asarray(pages, dtype=np.int64) * LINES_PER_TABLE
+        self.lines(lo, lo + LINES_PER_TABLE - 1)
+
+    def level_count(self, key: str, level: int, n: int) -> None:
+        self.by_level[key][level] += n
+        self.counts[key] += n
+
+    def result(self) -> dict:
+        out = dict(self.counts)
+        lo = np.concatenate(self._line_lo) if self._line_lo else np.zeros(0, np.int64)
+        hi = np.concatenate(self._line_hi) if self._line_hi else np.zeros(0, np.int64)
+        out["cache_lines_written"] = _union_size(lo, hi)
+        for key, arr in self.by_level.items():
+            out[f"{key}_by_level"] = {lvl: int(arr[lvl]) for lvl in range(LAST_LEVEL + 1) if arr[lvl]}
+        return out
+
+
+class PageTable:
+    """An ARM VMSAv8-64 translation table of one `Format`, held in a numpy pool.
+
+    reclaim: free tables that an unmap leaves empty (Xen keeps them; off by default).
+    """
+
+    def __init__(self, fmt: Format | str, base: int = 0x8000_0000, reclaim: bool = False):
+        self.fmt = Format.preset(fmt) if isinstance(fmt, str) else fmt
+        if not isinstance(self.fmt, Format):
+            raise ValueError(f"fmt must be a Format or a preset name, got {fmt!r}")
+        self.reclaim = bool(reclaim)
+        self.pool = TablePool(self.fmt, base)
+        self._table_bits = U64(d.table_desc_bits(self.fmt))
+        self._totals = dict.fromkeys(_COUNTERS + ("cache_lines_written",), 0)
+        self._totals_by_level = {k: np.zeros(LAST_LEVEL + 1, np.int64)
+                                 for k in ("tables_allocated", "tables_freed", "block_splits")}
+        self._live = np.zeros(LAST_LEVEL + 1, np.int64)
+        self._live[self.fmt.start_level] = 1
+        self._peak_bytes = self.table_bytes
+
+    # -- public surface ----------------------------------------------------
+    @property
+    def base(self) -> int:
+        return self.pool.base
+
+    @property
+    def root(self) -> int:
+        return self.pool.base
+
+    @property
+    def table_bytes(self) -> int:
+        return self.pool.live_pages * GRANULE
+
+    def map(self, iova, pa, npages, perm="rw", memtype="normal", sw=0, leaf="auto", remap=False) -> dict:
+        """Map extents; returns this call's accounting. See the module docstring."""
+        if leaf not in ("auto", "4k"):
+            raise ExtentError(f"leaf must be 'auto' or '4k', got {leaf!r}")
+        batch = map_batch(self.fmt, iova, pa, npages, perm, memtype, sw)
+        levels = self.fmt.leaf_levels if leaf == "auto" else (LAST_LEVEL,)
+        plan = self._plan_leaves(batch, levels)
+        if not remap:
+            for level, ranges in plan.items():
+                self._check_free(level, ranges, batch)
+        op = _Op()
+        for level, ranges in plan.items():
+            self._write_leaves(level, ranges, op)
+        op.counts["pages_mapped"] = int(batch.npages.sum())
+        return self._finish(op)
+
+    def unmap(self, iova, npages) -> dict:
+        """Unmap page ranges, splitting blocks that are only partly inside one."""
+        batch = unmap_batch(self.fmt, iova, npages)
+        op = _Op()
+        self._unmap(batch.in_page, batch.in_page + batch.npages, op)
+        return self._finish(op)
+
+    def translate(self, addrs) -> Translation:
+        """Walk the table for each input byte address, as the hardware would."""
+        a = np.asarray(addrs)
+        if a.dtype.kind not in "iu" or a.ndim > 1:
+            raise ExtentError(f"addresses must be a scalar or 1-d array of integers, got {a.dtype} {a.shape}")
+        a = np.atleast_1d(a)
+        bad = (a < 0) | (a >= (1 << self.fmt.ia_bits)) if a.dtype.kind == "i" else a >= U64(1 << self.fmt.ia_bits)
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            raise ExtentError(f"address {i}: {int(a[i]):#x} is outside the {self.fmt.ia_bits}-bit input "
+                              f"range of {self.fmt.name}", i)
+        return self._translate(a.astype(U64))
+
+    def mappings(self) -> Extents:
+        """The table decoded into the fewest extents (adjacent leaves with equal attributes merged)."""
+        parts = [self._leaf_runs(level) for level in self.fmt.levels]
+        parts = [p for p in parts if len(p[0])]
+        if not parts:
+            return Extents.empty()
+        iova, pa, npg, attrs = (np.concatenate(x) for x in zip(*parts))
+        order = np.argsort(iova, kind="stable")
+        iova, pa, npg, attrs = iova[order], pa[order], npg[order], attrs[order]
+        starts = merge_runs(iova, pa, npg, attrs)
+        npg = np.add.reduceat(npg, starts)
+        perm, memtype, sw = d.decode_leaf(self.fmt, attrs[starts])
+        return Extents(iova[starts], pa[starts], npg, perm, memtype, sw)
+
+    def leaves(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every valid leaf: (iova, level, descriptor), sorted by iova."""
+        out = []
+        for level in self.fmt.levels:
+            for g, desc in self._leaf_chunks(level):
+                out.append((g.astype(U64) << U64(level_shift(level)), np.full(len(g), level, np.int8), desc))
+        if not out:
+            return np.zeros(0, U64), np.zeros(0, np.int8), np.zeros(0, U64)
+        iova, lvl, desc = (np.concatenate(x) for x in zip(*out))
+        order = np.argsort(iova, kind="stable")
+        return iova[order], lvl[order], desc[order]
+
+    def stats(self) -> dict:
+        s = dict(self._totals)
+        for key, arr in self._totals_by_level.items():
+            s[f"{key}_by_level"] = {lvl: int(arr[lvl]) for lvl in range(LAST_LEVEL + 1) if arr[lvl]}
+        s["tables"] = int(self._live.sum())
+        s["tables_by_level"] = {lvl: int(self._live[lvl]) for lvl in self.fmt.levels}
+        s["table_bytes"] = self.table_bytes
+        s["peak_table_bytes"] = self._peak_bytes
+        return s
+
+    def export(self, path) -> tuple:
+        from .image import export_image
+        return export_image(self, path)
+
+    @classmethod
+    def load(cls, path) -> "PageTable":
+        from .image import load_image
+        return load_image(cls, path)
+
+    # -- helpers -----------------------------------------------------------
+    def _finish(self, op: _Op) -> dict:
+        res = op.result()
+        for key in self._totals:
+            self._totals[key] += res[key]
+        for key, arr in op.by_level.items():
+            self._totals_by_level[key] += arr
+        self._peak_bytes = max(self._peak_bytes, self.table_bytes)
+        return res
+
+    def _table_desc(self, pages: np.ndarray) -> np.ndarray:
+        return self.pool.phys(pages) | self._table_bits
+
+    def _entry_flat(self, level: int, g: np.ndarray, table_ids: np.ndarray, table_pages: np.ndarray) -> np.ndarray:
+        """Flat pool index of level-`level` entries `g`; -1 where their table does not exist."""
+        if level == self.fmt.start_level:
+            return g.copy()             # the root sits at page 0; concatenated pages follow on
+        page = _lookup(table_ids, table_pages, g >> ENTRIES_SHIFT)
+        return np.where(page >= 0, page * ENTRIES + (g & (ENTRIES - 1)), -1)
+
+    def _read(self, flat: np.ndarray) -> np.ndarray:
+        """Descriptors at flat indexes; 0 where the index is -1 (no table)."""
+        out = self.pool.flat[np.maximum(flat, 0)]
+        out[flat < 0] = 0
+        return out
+
+    @staticmethod
+    def _kinds(level: int, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(is_table, is_leaf) masks of descriptors read at `level`."""
+        t = desc & U64(d.DESC_TYPE_MASK)
+        if level == LAST_LEVEL:
+            return np.zeros(len(desc), bool), t == U64(d.DESC_PAGE)
+        return t == U64(d.DESC_TABLE), t == U64(d.DESC_BLOCK)
+
+    # -- the leaf plan -----------------------------------------------------
+    def _plan_leaves(self, b: Batch, levels: tuple[int, ...]) -> dict:
+        """Split each extent into per-level runs of leaves, by Xen's order rule.
+
+        At each step the largest leaf with input, output and remaining length all
+        aligned is used. As input and output move together and the end is fixed,
+        a leaf size is usable in an extent iff (pa - iova) and the end are aligned
+        to it, and then from the first aligned input page to the end: the extent
+        is small leaves up to an aligned point, then larger ones to the end.
+        """
+        start = b.in_page
+        end = b.in_page + b.npages
+        delta = b.out_page - b.in_page
+        attrs = d.leaf_attrs(self.fmt, b.perm, b.memtype, b.sw)
+        cut = end.copy()                    # where the current (larger) leaf size begins
+        plan = {}
+        for level in sorted(levels):        # largest leaf first
+            size = level_pages(level)
+            if level == LAST_LEVEL:
+                lo = start
+            else:
+                ok = (delta % size == 0) & (end % size == 0)
+                lo = np.where(ok, np.minimum(-(-start // size) * size, cut), cut)
+            keep = lo < cut
+            if keep.any():
+                s, e = lo[keep], cut[keep]
+                shift = level_shift(level) - GRANULE_SHIFT
+                out0 = (s + delta[keep]).astype(U64) << U64(GRANULE_SHIFT)
+                plan[level] = dict(gs=s >> shift, ge=e >> shift, v0=out0 | attrs[keep] | U64(d.leaf_type(level)),
+                                   index=b.index[keep])
+            cut = np.minimum(cut, lo)
+        return plan
+
+    # -- finding tables ----------------------------------------------------
+    def _tables(self, level: int, ids: np.ndarray, op: _Op | None) -> np.ndarray:
+        """Pages of the level-`level` tables with these prefixes (sorted, unique).
+
+        With op=None nothing is written: -1 marks a missing table and -2 one that
+        a block above covers. With an op, missing tables are allocated and blocks
+        on the way are split (only remap mode gets there).
+        """
+        start = self.fmt.start_level
+        if level == start:
+            return np.zeros(len(ids), np.int64)
+        parent_ids = _unique_sorted(ids >> ENTRIES_SHIFT) if level - 1 > start else np.zeros(1, np.int64)
+        parent_pages = self._tables(level - 1, parent_ids, op)
+        flat = self._entry_flat(level - 1, ids, parent_ids, parent_pages)
+        desc = self._read(flat)
+        is_table, is_leaf = self._kinds(level - 1, desc)
+        pages = np.where(is_table, self.pool.page_of(desc & U64(d.OA_MASK_48)), -1)
+        if op is None:
+            covered = is_leaf | (_lookup(parent_ids, parent_pages, ids >> ENTRIES_SHIFT) == -2
+                                 if level - 1 > start else False)
+            return np.where(covered, -2, pages)
+        if is_leaf.any():
+            pages[is_leaf] = self._split(level - 1, ids[is_leaf], flat[is_leaf], desc[is_leaf], op)
+        missing = ~is_table & ~is_leaf
+        if missing.any():
+            new = self.pool.alloc(level, ids[missing])
+            self._count_alloc(level, len(new), op)
+            flat_m = flat[missing]
+            self.pool.flat[flat_m] = self._table_desc(new)
+            op.entries(flat_m)
+            pages[missing] = new
+        return pages
+
+    def _count_alloc(self, level: int, n: int, op: _Op) -> None:
+        self._live[level] += n
+        op.level_count("tables_allocated", level, n)
+
+    def _split(self, level: int, g: np.ndarray, flat: np.ndarray, desc: np.ndarray, op: _Op) -> np.ndarray:
+        """Replace blocks at `level` by tables of the next level that map the same; return their pages."""
+        child = level + 1
+        new = self.pool.alloc(child, g)
+        self._count_alloc(child, len(new), op)
+        first = (desc & ~U64(d.DESC_TYPE_MASK)) | U64(d.leaf_type(child))
+        step = U64(level_pages(child) * GRANULE)
+        for i in range(0, len(new), ROW_CHUNK):
+            rows = new[i:i + ROW_CHUNK]
+            self.pool.mem[rows] = first[i:i + ROW_CHUNK, None] + _ROW_OFFSETS * step
+        op.rows(new)
+        op.counts["descriptors_written"] += len(new) * ENTRIES
+        # Break-before-make: invalidate the block, then install the table.
+        self.pool.flat[flat] = self._table_desc(new)
+        op.entries(flat)
+        op.counts["descriptors_written"] += len(flat)
+        op.counts["bbm_breaks"] += len(flat)
+        op.level_count("block_splits", level, len(flat))
+        return new
+
+    def _free_subtrees(self, level: int, pages: np.ndarray, op: _Op) -> None:
+        """Free tables of `level` and every table below them."""
+        while len(pages):
+            rows = self.pool.mem[pages]
+            children = rows[(rows & U64(d.DESC_TYPE_MASK)) == U64(d.DESC_TABLE)] if level < LAST_LEVEL else rows[:0]
+            self.pool.free(pages)
+            self._live[level] -= len(pages)
+            op.level_count("tables_freed", level, len(pages))
+            pages = self.pool.page_of(children & U64(d.OA_MASK_48))
+            level += 1
+
+    # -- segments of ranges within tables ------------------------------------
+    def _segments(self, level: int, gs: np.ndarray, ge: np.ndarray):
+        """Cut entry ranges [gs, ge) at table boundaries: (range index, table id, seg start, seg end)."""
+        if level == self.fmt.start_level:
+            idx = np.arange(len(gs))
+            return idx, np.zeros(len(gs), np.int64), gs, ge
+        t0 = gs >> ENTRIES_SHIFT
+        owner, k = ragged(((ge - 1) >> ENTRIES_SHIFT) - t0 + 1)
+        t = t0[owner] + k
+        s = np.maximum(gs[owner], t << ENTRIES_SHIFT)
+        e = np.minimum(ge[owner], (t + 1) << ENTRIES_SHIFT)
+        return owner, t, s, e
+
+    def _segment_flat(self, level: int, t: np.ndarray, s: np.ndarray, ids, pages) -> np.ndarray:
+        if level == self.fmt.start_level:
+            return s.copy()
+        page = _lookup(ids, pages, t)
+        return np.where(page >= 0, page * ENTRIES + (s & (ENTRIES - 1)), -1)
+
+    @staticmethod
+    def _ragged_flat(flat0: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        owner, off = ragged(length)
+        return owner, flat0[owner] + off
+
+    # -- map -----------------------------------------------------------------
+    def _level_tables(self, level: int, gs: np.ndarray, ge: np.ndarray, op: _Op | None):
+        """Prefixes and pages of every level-`level` table the entry ranges fall in."""
+        if level == self.fmt.start_level:
+            return np.zeros(1, np.int64), np.zeros(1, np.int64)
+        owner, k = ragged(((ge - 1) >> ENTRIES_SHIFT) - (gs >> ENTRIES_SHIFT) + 1)
+        ids = _unique_sorted((gs >> ENTRIES_SHIFT)[owner] + k)
+        return ids, self._tables(level, ids, op)
+
+    def _check_free(self, level: int, r: dict, b: Batch) -> None:
+        """Refuse the batch if any leaf of `level` would land on a live mapping."""
+        ids, pages = self._level_tables(level, r["gs"], r["ge"], None)
+        owner, t, s, e = self._segments(level, r["gs"], r["ge"])
+        page = _lookup(ids, pages, t) if level != self.fmt.start_level else np.zeros(len(t), np.int64)
+        covered = page == -2
+        if covered.any():
+            i = int(np.argmax(covered))
+            self._conflict(r, owner[i], s[i], level, "a block above it maps it already")
+        live = page >= 0
+        owner, t, s, e, page = owner[live], t[live], s[live], e[live], page[live]
+        flat0 = page * ENTRIES + (s & (ENTRIES - 1)) if level != self.fmt.start_level else s
+        full = ((e - s) == ENTRIES) & (level == LAST_LEVEL)
+        if full.any():
+            rows = page[full]
+            for i in range(0, len(rows), ROW_CHUNK):
+                chunk = self._rows(rows[i:i + ROW_CHUNK])
+                if np.count_nonzero(chunk):
+                    j = int(np.argmax((chunk != 0).any(axis=1)))
+                    seg = np.flatnonzero(full)[i + j]
+                    g = s[seg] + int(np.argmax(chunk[j] != 0))
+                    self._conflict(r, owner[seg], g, level, "it is mapped already")
+        part = ~full
+        if part.any():
+            sub, flat = self._ragged_flat(flat0[part], (e - s)[part])
+            desc = self.pool.flat[flat]
+            if level == LAST_LEVEL:
+                busy = desc != 0
+            else:
+                is_table, is_leaf = self._kinds(level, desc)
+                busy = is_leaf | (desc != 0) & ~is_table
+                if is_table.any():
+                    tbl = np.flatnonzero(is_table)
+                    live_sub = self._subtree_live(level + 1, self.pool.page_of(desc[tbl] & U64(d.OA_MASK_48)))
+                    busy[tbl[live_sub]] = True
+            if busy.any():
+                i = int(np.argmax(busy))
+                seg = np.flatnonzero(part)[sub[i]]
+                g = s[seg] + (flat[i] - flat0[seg])
+                self._conflict(r, owner[seg], g, level, "it is mapped already")
+
+    def _rows(self, pages: np.ndarray) -> np.ndarray:
+        """Table rows, as a view when the pages follow on (the common case)."""
+        if _follow_on(pages):
+            return self.pool.mem[pages[0]:pages[-1] + 1]
+        return self.pool.mem[pages]
+
+    def _subtree_live(self, level: int, pages: np.ndarray) -> np.ndarray:
+        """For each table, whether any leaf below it is valid."""
+        owner = np.arange(len(pages))
+        live = np.zeros(len(pages), bool)
+        while len(pages):
+            rows = self.pool.mem[pages]
+            is_table, is_leaf = self._kinds(level, rows.reshape(-1))
+            live[owner[is_leaf.reshape(rows.shape).any(axis=1)]] = True
+            tbl = np.flatnonzero(is_table)
+            owner = owner[tbl // ENTRIES]
+            pages = self.pool.page_of(rows.reshape(-1)[tbl] & U64(d.OA_MASK_48))
+            level += 1
+        return live
+
+    def _conflict(self, r: dict, owner: int, g: int, level: int, why: str):
+        iova = int(g) << level_shift(level)
+        ext = int(r["index"][owner])
+        raise MappingConflict(f"extent {ext}: iova {iova:#x} cannot be mapped: {why} "
+                              f"(pass remap=True to replace live mappings)", ext)
+
+    def _write_leaves(self, level: int, r: dict, op: _Op) -> None:
+        gs, ge, v0 = r["gs"], r["ge"], r["v0"]
+        ids, pages = self._level_tables(level, gs, ge, op)
+        owner, t, s, e = self._segments(level, gs, ge)
+        flat0 = self._segment_flat(level, t, s, ids, pages)
+        step = U64(level_pages(level) * GRANULE)
+        val0 = v0[owner] + (s - gs[owner]).astype(U64) * step
+        length = e - s
+        # Whole level-3 tables are written as rows; everything else entry by entry.
+        full = (length == ENTRIES) & (level == LAST_LEVEL)
+        mem = self.pool.mem
+        if full.any():
+            rows, vals = flat0[full] // ENTRIES, val0[full]
+            offsets = _ROW_OFFSETS * step
+            for i in range(0, len(rows), ROW_CHUNK):
+                chunk, v = rows[i:i + ROW_CHUNK], vals[i:i + ROW_CHUNK, None]
+                if _follow_on(chunk):
+                    view = mem[chunk[0]:chunk[-1] + 1]
+                    self._count_replaced_rows(view, op)
+                    np.add(v, offsets, out=view)
+                else:
+                    self._count_replaced_rows(mem[chunk], op)
+                    mem[chunk] = v + offsets
+            op.rows(rows)
+        part = ~full
+        if part.any():
+            f0, ln, v = flat0[part], length[part], val0[part]
+            sub, flat = self._ragged_flat(f0, ln)
+            self._replace(level, flat, op)
+            off = flat - f0[sub]
+            self.pool.flat[flat] = v[sub] + off.astype(U64) * step
+            op.lines(f0 // ENTRIES_PER_LINE, (f0 + ln - 1) // ENTRIES_PER_LINE)
+        op.counts["descriptors_written"] += int(length.sum())
+
+    @staticmethod
+    def _count_replaced_rows(rows: np.ndarray, op: _Op) -> None:
+        n = int(np.count_nonzero(rows))      # level-3 rows: every non-zero entry is a live page
+        op.counts["bbm_breaks"] += n
+        op.counts["descriptors_written"] += n
+
+    def _replace(self, level: int, where: np.ndarray, op: _Op) -> None:
+        """Account for live entries a leaf write replaces; free tables a block replaces."""
+        desc = self.pool.flat[where]
+        valid = (desc & U64(d.DESC_VALID)) != 0
+        n = int(np.count_nonzero(valid))
+        if not n:
+            return
+        op.counts["bbm_breaks"] += n
+        op.counts["descriptors_written"] += n
+        if level < LAST_LEVEL:
+            is_table, _ = self._kinds(level, desc)
+            if is_table.any():
+                self._free_subtrees(level + 1, self.pool.page_of(desc[is_table] & U64(d.OA_MASK_48)), op)
+
+    # -- unmap -------------------------------------------------------------
+    def _unmap(self, s_pg: np.ndarray, e_pg: np.ndarray, op: _Op) -> None:
+        ids, pages = np.zeros(1, np.int64), np.zeros(1, np.int64)     # tables of the current level
+        touched = []
+        for level in self.fmt.levels:
+            shift = level_shift(level) - GRANULE_SHIFT
+            gs, ge = s_pg >> shift, ((e_pg - 1) >> shift) + 1
+            owner, t, s, e = self._segments(level, gs, ge)
+            flat0 = self._segment_flat(level, t, s, ids, pages)
+            keep = flat0 >= 0
+            owner, s, e, flat0 = owner[keep], s[keep], e[keep], flat0[keep]
+            if level == LAST_LEVEL:
+                self._clear_pages(s, e, flat0, op)
+                break
+            sub, flat = self._ragged_flat(flat0, e - s)
+            g = s[sub] + (flat - flat0[sub])
+            desc = self.pool.flat[flat]
+            is_table, is_leaf = self._kinds(level, desc)
+            span_lo, span_hi = g << shift, (g + 1) << shift
+            inside = (span_lo >= s_pg[owner[sub]]) & (span_hi <= e_pg[owner[sub]])
+            clear = is_leaf & inside
+            if clear.any():
+                self.pool.flat[flat[clear]] = 0
+                op.entries(flat[clear])
+                op.counts["pages_unmapped"] += int(clear.sum()) * level_pages(level)
+            split = is_leaf & ~inside
+            child = np.where(is_table, self.pool.page_of(desc & U64(d.OA_MASK_48)), -1)
+            if split.any():
+                child[split] = self._split(level, g[split], flat[split], desc[split], op)
+            down = is_table | split
+            ids, pages = g[down], child[down]
+            touched.append((level + 1, ids, pages, flat[down]))
+        if self.reclaim:
+            self._reclaim(touched, op)
+
+    def _clear_pages(self, s: np.ndarray, e: np.ndarray, flat0: np.ndarray, op: _Op) -> None:
+        length = e - s
+        full = length == ENTRIES
+        mem = self.pool.mem
+        if full.any():
+            rows = flat0[full] // ENTRIES
+            for i in range(0, len(rows), ROW_CHUNK):
+                chunk = rows[i:i + ROW_CHUNK]
+                contiguous = _follow_on(chunk)
+                view = self._rows(chunk)
+                lines = (view.reshape(len(chunk), LINES_PER_TABLE, ENTRIES_PER_LINE) != 0).any(axis=2)
+                n = int(np.count_nonzero(view))
+                if not n:
+                    continue
+                op.counts["descriptors_written"] += n
+                op.counts["pages_unmapped"] += n
+                whole = lines.all(axis=1)
+                op.rows(chunk[whole])
+                r, ln = np.nonzero(lines[~whole])
+                line = chunk[~whole][r] * LINES_PER_TABLE + ln
+                op.lines(line, line)
+                if contiguous:
+                    view[...] = 0
+                else:
+                    mem[chunk] = 0
+        part = ~full
+        if part.any():
+            _, flat = self._ragged_flat(flat0[part], length[part])
+            flat = flat[self.pool.flat[flat] != 0]
+            self.pool.flat[flat] = 0
+            op.counts["pages_unmapped"] += len(flat)
+            op.entries(flat)
+
+    def _reclaim(self, touched: list, op: _Op) -> None:
+        """Free tables the unmap left empty, deepest first, and clear their parent entries."""
+        for level, ids, pages, parent_flat in reversed(touched):
+            alive = self.pool.level[pages] == level
+            pages, parent_flat = pages[alive], parent_flat[alive]
+            if not len(pages):
+                continue
+            empty = ~self.pool.mem[pages].any(axis=1)
+            if empty.any():
+                self.pool.free(pages[empty])
+                self._live[level] -= int(empty.sum())
+                op.level_count("tables_freed", level, int(empty.sum()))
+                self.pool.flat[parent_flat[empty]] = 0
+                op.entries(parent_flat[empty])
+
+    # -- translate and decode ----------------------------------------------------------
+    def _translate(self, a: np.ndarray) -> Translation:
+        n = len(a)
+        pa = np.zeros(n, U64)
+        desc_out = np.zeros(n, U64)
+        level_out = np.full(n, -1, np.int8)
+        todo = np.arange(n)
+        flat = (a >> U64(level_shift(self.fmt.start_level))).astype(np.int64)
+        flat_mem = self.pool.flat
+        for level in self.fmt.levels:
+            desc = flat_mem[flat]
+            is_table, is_leaf = self._kinds(level, desc)
+            if level == 0:
+                is_leaf[:] = False          # no level-0 blocks with a 4 KiB granule
+            if is_leaf.any():
+                hit = todo[is_leaf] if len(todo) != n or not is_leaf.all() else todo
+                off = U64((1 << level_shift(level)) - 1)
+                pa[hit] = (desc[is_leaf] & U64(d.oa_mask(level))) | (a[hit] & off)
+                desc_out[hit] = desc[is_leaf]
+                level_out[hit] = level
+            if not is_table.all():
+                todo, desc = todo[is_table], desc[is_table]
+            if not len(todo) or level == LAST_LEVEL:
+                break
+            nxt = level + 1
+            idx = (a[todo] >> U64(level_shift(nxt))) & U64(ENTRIES - 1)
+            flat = (((desc & U64(d.OA_MASK_48)) - U64(self.base)) >> U64(GRANULE_SHIFT - ENTRIES_SHIFT)).astype(np.int64)
+            flat += idx.astype(np.int64)
+        fault = level_out < 0
+        perm, memtype, sw = d.decode_leaf(self.fmt, desc_out)
+        perm[fault] = 0
+        memtype[fault] = 0
+        sw[fault] = 0
+        return Translation(pa, perm, memtype, sw, fault, level_out)
+
+    def _leaf_chunks(self, level: int):
+        """(entry numbers, descriptors) of the valid leaves of a level, in bounded chunks."""
+        if level == self.fmt.start_level:
+            rows = self.pool.flat[: self.fmt.root_entries]
+            _, is_leaf = self._kinds(level, rows)
+            if level == 0:
+                is_leaf[:] = False
+            g = np.flatnonzero(is_leaf)
+            if len(g):
+                yield g, rows[g]
+            return
+        prefixes, pages = self.pool.tables_of_level(level)
+        for i in range(0, len(pages), ROW_CHUNK // 2):
+            rows = self.pool.mem[pages[i:i + ROW_CHUNK // 2]].reshape(-1)
+            _, is_leaf = self._kinds(level, rows)
+            pos = np.flatnonzero(is_leaf)
+            if len(pos):
+                g = prefixes[i + pos // ENTRIES] * ENTRIES + pos % ENTRIES
+                yield g, rows[pos]
+
+    def _leaf_runs(self, level: int):
+        """Leaves of a level merged into runs, chunk by chunk: (iova, pa, npages, attr bits)."""
+        keep = ~U64(d.OA_MASK_48 | d.DESC_TYPE_MASK)
+        out = []
+        for g, desc in self._leaf_chunks(level):
+            iova = g.astype(U64) << U64(level_shift(level))
+            pa = desc & U64(d.oa_mask(level))
+            attrs = desc & keep
+            npg = np.full(len(g), level_pages(level), np.int64)
+            starts = merge_runs(iova, pa, npg, attrs)
+            out.append((iova[starts], pa[starts], np.add.reduceat(npg, starts), attrs[starts]))
+        if not out:
+            z = np.zeros(0, U64)
+            return z, z, np.zeros(0, np.int64), z
+        return tuple(np.concatenate(x) for x in zip(*out))
