@@ -107,7 +107,7 @@ def _codes(name: str, value, table: dict[str, int], allowed, n: int) -> np.ndarr
     if len(arr) != n:
         raise ExtentError(f"{name} has {len(arr)} entries for {n} extents")
     uniq, inv = np.unique(arr, return_inverse=True)
-    for v in uniq:
+    for v in uniq.tolist():
         if v not in allowed:
             i = int(np.flatnonzero(arr == v)[0])
             raise ExtentError(f"extent {i}: unknown {name} {v!r}; this format accepts {list(allowed)}", i)

@@ -425,20 +425,19 @@ class PageTable:
         if part.any():
             sub, flat = self._ragged_flat(flat0[part], (e - s)[part])
             desc = self.pool.flat[flat]
-            if level == LAST_LEVEL:
-                busy = desc != 0
-            else:
-                is_table, is_leaf = self._kinds(level, desc)
-                busy = is_leaf | (desc != 0) & ~is_table
-                if is_table.any():
-                    tbl = np.flatnonzero(is_table)
-                    live_sub = self._subtree_live(level + 1, self.pool.page_of(desc[tbl] & U64(d.OA_MASK_48)))
-                    busy[tbl[live_sub]] = True
+            busy = desc != 0
+            below = np.zeros(len(desc), bool)
+            if level < LAST_LEVEL:
+                is_table, _ = self._kinds(level, desc)
+                tbl = np.flatnonzero(is_table)
+                below[tbl] = self._subtree_live(level + 1, self.pool.page_of(desc[tbl] & U64(d.OA_MASK_48)))
+                busy &= ~is_table | below      # an empty table may be replaced by a block
             if busy.any():
                 i = int(np.argmax(busy))
                 seg = np.flatnonzero(part)[sub[i]]
                 g = s[seg] + (flat[i] - flat0[seg])
-                self._conflict(r, owner[seg], g, level, "it is mapped already")
+                why = "smaller mappings below it are live" if below[i] else "it is mapped already"
+                self._conflict(r, owner[seg], g, level, why)
 
     def _rows(self, pages: np.ndarray) -> np.ndarray:
         """Table rows, as a view when the pages follow on (the common case)."""
@@ -540,6 +539,11 @@ class PageTable:
             is_table, is_leaf = self._kinds(level, desc)
             span_lo, span_hi = g << shift, (g + 1) << shift
             inside = (span_lo >= s_pg[owner[sub]]) & (span_hi <= e_pg[owner[sub]])
+            # Two ranges may each cover part of one entry (never all of it): keep it once.
+            once = np.concatenate(([True], g[1:] != g[:-1]))
+            if not once.all():
+                g, flat, desc, inside = g[once], flat[once], desc[once], inside[once]
+                is_table, is_leaf = is_table[once], is_leaf[once]
             clear = is_leaf & inside
             if clear.any():
                 self.pool.flat[flat[clear]] = 0
