@@ -7,6 +7,7 @@ Everything that encodes, walks or accounts a table reads its geometry from a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 GRANULE_SHIFT = 12
 GRANULE = 1 << GRANULE_SHIFT          # 4 KiB: the only granule modelled
@@ -79,18 +80,18 @@ class Format:
     def t0sz(self) -> int:
         return 64 - self.ia_bits
 
-    @property
+    @cached_property
     def start_level(self) -> int:
         if self.stage == 1:
             return 0 if self.ia_bits > level_shift(0) else 1
         # Stage 2 starts one level lower and concatenates up to 16 root tables.
         return 1 if self.ia_bits <= level_shift(0) + 4 else 0
 
-    @property
+    @cached_property
     def root_entries(self) -> int:
         return 1 << (self.ia_bits - level_shift(self.start_level))
 
-    @property
+    @cached_property
     def root_tables(self) -> int:
         """Granule pages the root occupies (concatenated tables at stage 2)."""
         return max(1, self.root_entries // ENTRIES)
@@ -99,15 +100,15 @@ class Format:
     def root_bytes(self) -> int:
         return self.root_tables * GRANULE
 
-    @property
+    @cached_property
     def levels(self) -> range:
         return range(self.start_level, LAST_LEVEL + 1)
 
-    @property
+    @cached_property
     def ia_pages(self) -> int:
         return 1 << (self.ia_bits - GRANULE_SHIFT)
 
-    @property
+    @cached_property
     def oa_pages(self) -> int:
         return 1 << (self.oa_bits - GRANULE_SHIFT)
 

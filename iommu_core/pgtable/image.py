@@ -105,7 +105,7 @@ def load_image(cls, path):
             pool.prefix[rows[tbl] // ENTRIES] * ENTRIES + rows[tbl] % ENTRIES
         pool.level[pages] = level + 1
         pool.prefix[pages] = g
-        table._live[level + 1] = len(pages)
+        table._live[level + 1] = int(len(pages))
         rows = (pages[:, None] * ENTRIES + np.arange(ENTRIES)).reshape(-1)
     unused = np.flatnonzero(pool.level[:npages] == -1)
     if (pool.mem[unused] != 0).any():

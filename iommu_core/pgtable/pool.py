@@ -36,6 +36,9 @@ class TablePool:
         self.top = fmt.root_tables                          # pages ever handed out
         self.level[: self.top] = fmt.start_level
         self._free = np.zeros(0, dtype=np.int64)            # freed pages, ascending
+        # (level, prefix) -> page of tables a walk has found; pages never move while
+        # allocated, so the index stays right until a table is freed.
+        self.index: dict[tuple[int, int], int] = {}
 
     # Views of `mem` must not be kept across `alloc`: growing may move it.
     @property
@@ -72,6 +75,7 @@ class TablePool:
             return
         self.mem[pages] = 0
         self.level[pages] = FREE
+        self.index.clear()
         self._free = np.union1d(self._free, pages)
 
     def _grow(self, need: int) -> None:

@@ -17,17 +17,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import descriptors as d
+from . import smallcall
 from .extents import Batch, Extents, ExtentError, MappingConflict, map_batch, merge_runs, unmap_batch
 from .format import (ENTRIES, ENTRIES_PER_LINE, ENTRIES_SHIFT, GRANULE, GRANULE_SHIFT, LAST_LEVEL,
                      Format, level_pages, level_shift)
+from .accounting import BY_LEVEL, COUNTERS, LINES_PER_TABLE, OpAccount
 from .pool import TablePool
 
 U64 = np.uint64
 ROW_CHUNK = 2048                       # table rows written per numpy call: bounds temporaries
-LINES_PER_TABLE = ENTRIES // ENTRIES_PER_LINE
 _ROW_OFFSETS = np.arange(ENTRIES, dtype=U64)
-_COUNTERS = ("descriptors_written", "tables_allocated", "tables_freed", "block_splits",
-             "bbm_breaks", "pages_mapped", "pages_unmapped")
 
 
 @dataclass
@@ -68,55 +67,6 @@ def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray, missing: in
     return np.where(keys[pos] == query, values[pos], missing)
 
 
-def _union_size(starts: np.ndarray, ends: np.ndarray) -> int:
-    """Number of integers in the union of closed intervals [start, end]."""
-    if len(starts) == 0:
-        return 0
-    order = np.argsort(starts, kind="stable")
-    s, e = starts[order], ends[order]
-    reach = np.maximum.accumulate(e)
-    lo = np.maximum(s[1:], reach[:-1] + 1)
-    return int(e[0] - s[0] + 1 + np.maximum(e[1:] - lo + 1, 0).sum()) if len(s) > 1 else int(e[0] - s[0] + 1)
-
-
-class _Op:
-    """Accounting of one map/unmap call."""
-
-    def __init__(self) -> None:
-        self.counts = dict.fromkeys(_COUNTERS, 0)
-        self.by_level = {k: np.zeros(LAST_LEVEL + 1, np.int64)
-                         for k in ("tables_allocated", "tables_freed", "block_splits")}
-        self._line_lo: list[np.ndarray] = []
-        self._line_hi: list[np.ndarray] = []
-
-    def lines(self, lo: np.ndarray, hi: np.ndarray) -> None:
-        """Cache lines [lo, hi] (pool line numbers) were written."""
-        self._line_lo.append(np.asarray(lo, dtype=np.int64))
-        self._line_hi.append(np.asarray(hi, dtype=np.int64))
-
-    def entries(self, flat: np.ndarray) -> None:
-        line = np.asarray(flat, dtype=np.int64) // ENTRIES_PER_LINE
-        self.lines(line, line)
-        self.counts["descriptors_written"] += len(line)
-
-    def rows(self, pages: np.ndarray) -> None:
-        lo = np.asarray(pages, dtype=np.int64) * LINES_PER_TABLE
-        self.lines(lo, lo + LINES_PER_TABLE - 1)
-
-    def level_count(self, key: str, level: int, n: int) -> None:
-        self.by_level[key][level] += n
-        self.counts[key] += n
-
-    def result(self) -> dict:
-        out = dict(self.counts)
-        lo = np.concatenate(self._line_lo) if self._line_lo else np.zeros(0, np.int64)
-        hi = np.concatenate(self._line_hi) if self._line_hi else np.zeros(0, np.int64)
-        out["cache_lines_written"] = _union_size(lo, hi)
-        for key, arr in self.by_level.items():
-            out[f"{key}_by_level"] = {lvl: int(arr[lvl]) for lvl in range(LAST_LEVEL + 1) if arr[lvl]}
-        return out
-
-
 class PageTable:
     """An ARM VMSAv8-64 translation table of one `Format`, held in a numpy pool.
 
@@ -130,12 +80,15 @@ class PageTable:
         self.reclaim = bool(reclaim)
         self.pool = TablePool(self.fmt, base)
         self._table_bits = U64(d.table_desc_bits(self.fmt))
-        self._totals = dict.fromkeys(_COUNTERS + ("cache_lines_written",), 0)
-        self._totals_by_level = {k: np.zeros(LAST_LEVEL + 1, np.int64)
-                                 for k in ("tables_allocated", "tables_freed", "block_splits")}
-        self._live = np.zeros(LAST_LEVEL + 1, np.int64)
+        self._totals = dict.fromkeys(COUNTERS + ("cache_lines_written",), 0)
+        self._totals_by_level = {k: [0] * (LAST_LEVEL + 1) for k in BY_LEVEL}
+        self._live = [0] * (LAST_LEVEL + 1)
         self._live[self.fmt.start_level] = 1
         self._peak_bytes = self.table_bytes
+        # For the single-extent path: attribute bits by (perm, memtype, sw), leaf address steps.
+        self._perms = frozenset(d.allowed_perms(self.fmt))
+        self._attr_cache: dict[tuple, int] = {}
+        self._leaf_offsets = {lvl: _ROW_OFFSETS * U64(level_pages(lvl) * GRANULE) for lvl in self.fmt.levels}
 
     # -- public surface ----------------------------------------------------
     @property
@@ -154,13 +107,17 @@ class PageTable:
         """Map extents; returns this call's accounting. See the module docstring."""
         if leaf not in ("auto", "4k"):
             raise ExtentError(f"leaf must be 'auto' or '4k', got {leaf!r}")
+        if not remap:
+            done = smallcall.map_one(self, iova, pa, npages, perm, memtype, sw, leaf)
+            if done is not None:
+                return done
         batch = map_batch(self.fmt, iova, pa, npages, perm, memtype, sw)
         levels = self.fmt.leaf_levels if leaf == "auto" else (LAST_LEVEL,)
         plan = self._plan_leaves(batch, levels)
         if not remap:
             for level, ranges in plan.items():
                 self._check_free(level, ranges, batch)
-        op = _Op()
+        op = OpAccount()
         for level, ranges in plan.items():
             self._write_leaves(level, ranges, op)
         op.counts["pages_mapped"] = int(batch.npages.sum())
@@ -168,8 +125,11 @@ class PageTable:
 
     def unmap(self, iova, npages) -> dict:
         """Unmap page ranges, splitting blocks that are only partly inside one."""
+        done = smallcall.unmap_one(self, iova, npages)
+        if done is not None:
+            return done
         batch = unmap_batch(self.fmt, iova, npages)
-        op = _Op()
+        op = OpAccount()
         self._unmap(batch.in_page, batch.in_page + batch.npages, op)
         return self._finish(op)
 
@@ -214,10 +174,10 @@ class PageTable:
 
     def stats(self) -> dict:
         s = dict(self._totals)
-        for key, arr in self._totals_by_level.items():
-            s[f"{key}_by_level"] = {lvl: int(arr[lvl]) for lvl in range(LAST_LEVEL + 1) if arr[lvl]}
-        s["tables"] = int(self._live.sum())
-        s["tables_by_level"] = {lvl: int(self._live[lvl]) for lvl in self.fmt.levels}
+        for key, per_level in self._totals_by_level.items():
+            s[f"{key}_by_level"] = {lvl: n for lvl, n in enumerate(per_level) if n}
+        s["tables"] = sum(self._live)
+        s["tables_by_level"] = {lvl: self._live[lvl] for lvl in self.fmt.levels}
         s["table_bytes"] = self.table_bytes
         s["peak_table_bytes"] = self._peak_bytes
         return s
@@ -232,13 +192,24 @@ class PageTable:
         return load_image(cls, path)
 
     # -- helpers -----------------------------------------------------------
-    def _finish(self, op: _Op) -> dict:
+    def _attrs(self, perm: str, memtype: str, sw: int) -> int:
+        key = (perm, memtype, sw)
+        if key not in self._attr_cache:
+            self._attr_cache[key] = int(d.leaf_attrs(self.fmt, [d.PERMS[perm]], [d.MEMTYPES[memtype]], [sw])[0])
+        return self._attr_cache[key]
+
+    def _finish(self, op: OpAccount) -> dict:
         res = op.result()
-        for key in self._totals:
-            self._totals[key] += res[key]
-        for key, arr in op.by_level.items():
-            self._totals_by_level[key] += arr
-        self._peak_bytes = max(self._peak_bytes, self.table_bytes)
+        totals = self._totals
+        for key, n in res.items():
+            if n and key in totals:
+                totals[key] += n
+        if res["tables_allocated"] or res["tables_freed"] or res["block_splits"]:
+            for key, per_level in op.by_level.items():
+                total = self._totals_by_level[key]
+                for lvl, n in enumerate(per_level):
+                    total[lvl] += n
+            self._peak_bytes = max(self._peak_bytes, self.table_bytes)
         return res
 
     def _table_desc(self, pages: np.ndarray) -> np.ndarray:
@@ -299,7 +270,7 @@ class PageTable:
         return plan
 
     # -- finding tables ----------------------------------------------------
-    def _tables(self, level: int, ids: np.ndarray, op: _Op | None) -> np.ndarray:
+    def _tables(self, level: int, ids: np.ndarray, op: OpAccount | None) -> np.ndarray:
         """Pages of the level-`level` tables with these prefixes (sorted, unique).
 
         With op=None nothing is written: -1 marks a missing table and -2 one that
@@ -331,11 +302,11 @@ class PageTable:
             pages[missing] = new
         return pages
 
-    def _count_alloc(self, level: int, n: int, op: _Op) -> None:
-        self._live[level] += n
+    def _count_alloc(self, level: int, n: int, op: OpAccount) -> None:
+        self._live[level] += int(n)
         op.level_count("tables_allocated", level, n)
 
-    def _split(self, level: int, g: np.ndarray, flat: np.ndarray, desc: np.ndarray, op: _Op) -> np.ndarray:
+    def _split(self, level: int, g: np.ndarray, flat: np.ndarray, desc: np.ndarray, op: OpAccount) -> np.ndarray:
         """Replace blocks at `level` by tables of the next level that map the same; return their pages."""
         child = level + 1
         new = self.pool.alloc(child, g)
@@ -355,13 +326,13 @@ class PageTable:
         op.level_count("block_splits", level, len(flat))
         return new
 
-    def _free_subtrees(self, level: int, pages: np.ndarray, op: _Op) -> None:
+    def _free_subtrees(self, level: int, pages: np.ndarray, op: OpAccount) -> None:
         """Free tables of `level` and every table below them."""
         while len(pages):
             rows = self.pool.mem[pages]
             children = rows[(rows & U64(d.DESC_TYPE_MASK)) == U64(d.DESC_TABLE)] if level < LAST_LEVEL else rows[:0]
             self.pool.free(pages)
-            self._live[level] -= len(pages)
+            self._live[level] -= int(len(pages))
             op.level_count("tables_freed", level, len(pages))
             pages = self.pool.page_of(children & U64(d.OA_MASK_48))
             level += 1
@@ -391,7 +362,7 @@ class PageTable:
         return owner, flat0[owner] + off
 
     # -- map -----------------------------------------------------------------
-    def _level_tables(self, level: int, gs: np.ndarray, ge: np.ndarray, op: _Op | None):
+    def _level_tables(self, level: int, gs: np.ndarray, ge: np.ndarray, op: OpAccount | None):
         """Prefixes and pages of every level-`level` table the entry ranges fall in."""
         if level == self.fmt.start_level:
             return np.zeros(1, np.int64), np.zeros(1, np.int64)
@@ -465,7 +436,7 @@ class PageTable:
         raise MappingConflict(f"extent {ext}: iova {iova:#x} cannot be mapped: {why} "
                               f"(pass remap=True to replace live mappings)", ext)
 
-    def _write_leaves(self, level: int, r: dict, op: _Op) -> None:
+    def _write_leaves(self, level: int, r: dict, op: OpAccount) -> None:
         gs, ge, v0 = r["gs"], r["ge"], r["v0"]
         ids, pages = self._level_tables(level, gs, ge, op)
         owner, t, s, e = self._segments(level, gs, ge)
@@ -500,12 +471,12 @@ class PageTable:
         op.counts["descriptors_written"] += int(length.sum())
 
     @staticmethod
-    def _count_replaced_rows(rows: np.ndarray, op: _Op) -> None:
+    def _count_replaced_rows(rows: np.ndarray, op: OpAccount) -> None:
         n = int(np.count_nonzero(rows))      # level-3 rows: every non-zero entry is a live page
         op.counts["bbm_breaks"] += n
         op.counts["descriptors_written"] += n
 
-    def _replace(self, level: int, where: np.ndarray, op: _Op) -> None:
+    def _replace(self, level: int, where: np.ndarray, op: OpAccount) -> None:
         """Account for live entries a leaf write replaces; free tables a block replaces."""
         desc = self.pool.flat[where]
         valid = (desc & U64(d.DESC_VALID)) != 0
@@ -520,7 +491,7 @@ class PageTable:
                 self._free_subtrees(level + 1, self.pool.page_of(desc[is_table] & U64(d.OA_MASK_48)), op)
 
     # -- unmap -------------------------------------------------------------
-    def _unmap(self, s_pg: np.ndarray, e_pg: np.ndarray, op: _Op) -> None:
+    def _unmap(self, s_pg: np.ndarray, e_pg: np.ndarray, op: OpAccount) -> None:
         ids, pages = np.zeros(1, np.int64), np.zeros(1, np.int64)     # tables of the current level
         touched = []
         for level in self.fmt.levels:
@@ -559,7 +530,7 @@ class PageTable:
         if self.reclaim:
             self._reclaim(touched, op)
 
-    def _clear_pages(self, s: np.ndarray, e: np.ndarray, flat0: np.ndarray, op: _Op) -> None:
+    def _clear_pages(self, s: np.ndarray, e: np.ndarray, flat0: np.ndarray, op: OpAccount) -> None:
         length = e - s
         full = length == ENTRIES
         mem = self.pool.mem
@@ -592,7 +563,7 @@ class PageTable:
             op.counts["pages_unmapped"] += len(flat)
             op.entries(flat)
 
-    def _reclaim(self, touched: list, op: _Op) -> None:
+    def _reclaim(self, touched: list, op: OpAccount) -> None:
         """Free tables the unmap left empty, deepest first, and clear their parent entries."""
         for level, ids, pages, parent_flat in reversed(touched):
             alive = self.pool.level[pages] == level
