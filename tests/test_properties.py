@@ -77,6 +77,8 @@ def check_against_model(pt, model, ref, window):
         want = model.lookup(a)
         got = None if fault else (pa, PERM_NAMES[perm], MEMTYPE_NAMES[memtype], sw)
         assert got == want, hex(a)
+    pool = pt.pool                          # the engine's own count of live slots per table
+    assert np.array_equal(pool.used[: pool.top], np.count_nonzero(pool.mem[: pool.top], axis=1))
     s = pt.stats()
     assert s["tables"] == 1 + s["tables_allocated"] - s["tables_freed"]
     assert sum(s["tables_by_level"].values()) == s["tables"]

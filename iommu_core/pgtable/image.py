@@ -75,6 +75,7 @@ def load_image(cls, path):
         pool._grow(npages)
     pool.mem[:npages] = raw.reshape(npages, ENTRIES)
     pool.top = npages
+    pool.used[:npages] = np.count_nonzero(pool.mem[:npages], axis=1)
     pool.level[:npages] = -1
     pool.level[: fmt.root_tables] = fmt.start_level
 

@@ -33,6 +33,7 @@ class TablePool:
         self.mem = np.zeros((capacity, ENTRIES), dtype=np.uint64)
         self.level = np.full(capacity, FREE, dtype=np.int8)
         self.prefix = np.zeros(capacity, dtype=np.int64)   # entry number in the parent level
+        self.used = np.zeros(capacity, dtype=np.int32)      # non-zero entries of each page
         self.top = fmt.root_tables                          # pages ever handed out
         self.level[: self.top] = fmt.start_level
         self._free = np.zeros(0, dtype=np.int64)            # freed pages, ascending
@@ -74,6 +75,7 @@ class TablePool:
         if len(pages) == 0:
             return
         self.mem[pages] = 0
+        self.used[pages] = 0
         self.level[pages] = FREE
         self.index.clear()
         self._free = np.union1d(self._free, pages)
@@ -87,6 +89,15 @@ class TablePool:
         self.mem.resize((cap, ENTRIES), refcheck=False)
         self.level = np.concatenate((self.level, np.full(cap - len(self.level), FREE, np.int8)))
         self.prefix = np.concatenate((self.prefix, np.zeros(cap - len(self.prefix), np.int64)))
+        self.used = np.concatenate((self.used, np.zeros(cap - len(self.used), np.int32)))
+
+    def count(self, flat: np.ndarray, delta) -> None:
+        """Entries at these flat indexes became non-zero (delta > 0) or zero (delta < 0)."""
+        pages = np.asarray(flat, dtype=np.int64) // ENTRIES
+        if np.ndim(delta) == 0 and len(pages) > 4096:     # ufunc.at is slow on long arrays
+            self.used[: self.top] += (np.bincount(pages, minlength=self.top) * delta).astype(np.int32)
+        else:
+            np.add.at(self.used, pages, delta)
 
     def tables_of_level(self, level: int) -> tuple[np.ndarray, np.ndarray]:
         """(prefixes, pages) of the live tables of a level below the root, sorted by prefix."""

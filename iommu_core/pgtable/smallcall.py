@@ -86,6 +86,7 @@ def _table_page(pt, level: int, t: int, op: OpAccount | None):
         page = int(pt.pool.alloc(level, np.array([t]))[0])
         pt._count_alloc(level, 1, op)
         pt.pool.mem[flat // ENTRIES, flat % ENTRIES] = pt.pool.base + page * GRANULE | int(pt._table_bits)
+        pt.pool.used[flat // ENTRIES] += 1
         op.line_range(flat // ENTRIES_PER_LINE, flat // ENTRIES_PER_LINE)
         op.counts["descriptors_written"] += 1
     pt.pool.index[(level, t)] = page
@@ -109,7 +110,7 @@ def map_one(pt, iova, pa, npages, perm, memtype, sw, leaf: str) -> dict | None:
     in_pg, out_pg = int(iova) // GRANULE, int(pa) // GRANULE
     levels = pt.fmt.leaf_levels if leaf == "auto" else (LAST_LEVEL,)
     runs = leaf_runs(in_pg, in_pg + int(npages), out_pg - in_pg, levels)
-    flat_mem = pt.pool.flat
+    flat_mem, used = pt.pool.flat, pt.pool.used
     work = []
     for level, lo, hi in runs:
         shift = ENTRIES_SHIFT * (LAST_LEVEL - level)
@@ -117,7 +118,7 @@ def map_one(pt, iova, pa, npages, perm, memtype, sw, leaf: str) -> dict | None:
             page = _table_page(pt, level, t, None)
             if page is False:
                 return None
-            if page is not None and np.count_nonzero(flat_mem[page * ENTRIES + a: page * ENTRIES + b]):
+            if page is not None and used[page] and np.count_nonzero(flat_mem[page * ENTRIES + a: page * ENTRIES + b]):
                 return None
             work.append((level, t, page, a, b, (g << shift) + out_pg - in_pg))
     op = OpAccount()
@@ -134,6 +135,7 @@ def map_one(pt, iova, pa, npages, perm, memtype, sw, leaf: str) -> dict | None:
         # Each run lands in its own tables, apart from the table descriptors written above.
         op.disjoint_lines((b - 1) // ENTRIES_PER_LINE - a // ENTRIES_PER_LINE + 1)
         op.counts["descriptors_written"] += b - a
+        pt.pool.used[page] += b - a
     op.counts["pages_mapped"] = int(npages)
     return pt._finish(op)
 
@@ -149,7 +151,7 @@ def unmap_one(pt, iova, npages) -> dict | None:
         page = _table_page(pt, LAST_LEVEL, t, None)
         if page is False:
             return None                 # a block on the way: the general path splits it
-        if page is not None:
+        if page is not None and pt.pool.used[page]:
             work.append((page, a, b))
     op = OpAccount()
     for page, a, b in work:
@@ -166,6 +168,7 @@ def unmap_one(pt, iova, npages) -> dict | None:
             lines = int(np.count_nonzero(line[1:] != line[:-1])) + 1
             row[live] = 0
         op.disjoint_lines(lines)
+        pt.pool.used[page] -= n
         op.counts["descriptors_written"] += n
         op.counts["pages_unmapped"] += n
     return pt._finish(op)

@@ -119,7 +119,7 @@ class PageTable:
                 self._check_free(level, ranges, batch)
         op = OpAccount()
         for level, ranges in plan.items():
-            self._write_leaves(level, ranges, op)
+            self._write_leaves(level, ranges, op, remap)
         op.counts["pages_mapped"] = int(batch.npages.sum())
         return self._finish(op)
 
@@ -298,6 +298,7 @@ class PageTable:
             self._count_alloc(level, len(new), op)
             flat_m = flat[missing]
             self.pool.flat[flat_m] = self._table_desc(new)
+            self.pool.count(flat_m, 1)
             op.entries(flat_m)
             pages[missing] = new
         return pages
@@ -316,6 +317,7 @@ class PageTable:
         for i in range(0, len(new), ROW_CHUNK):
             rows = new[i:i + ROW_CHUNK]
             self.pool.mem[rows] = first[i:i + ROW_CHUNK, None] + _ROW_OFFSETS * step
+        self.pool.used[new] = ENTRIES
         op.rows(new)
         op.counts["descriptors_written"] += len(new) * ENTRIES
         # Break-before-make: invalidate the block, then install the table.
@@ -361,6 +363,26 @@ class PageTable:
         owner, off = ragged(length)
         return owner, flat0[owner] + off
 
+    @staticmethod
+    def _cut_lines(flat0: np.ndarray, length: np.ndarray):
+        """Cut flat ranges into the whole cache lines inside them and the entries at their edges.
+
+        Returns (segment of each line, line numbers, segment of each edge entry,
+        flat index of each edge entry): at most 14 edge entries per range, so
+        per-entry index arrays stay an eighth of the range or less.
+        """
+        end = flat0 + length
+        first = -(-flat0 // ENTRIES_PER_LINE)
+        stop = np.maximum(end // ENTRIES_PER_LINE, first)
+        line_seg, k = ragged(stop - first)
+        lines = first[line_seg] + k
+        head_end = np.minimum(end, first * ENTRIES_PER_LINE)
+        tail_start = np.maximum(np.minimum(stop * ENTRIES_PER_LINE, end), head_end)
+        n = len(flat0)
+        edge_seg, edge_flat = PageTable._ragged_flat(np.concatenate((flat0, tail_start)),
+                                                     np.concatenate((head_end - flat0, end - tail_start)))
+        return line_seg, lines, edge_seg % n if n else edge_seg, edge_flat
+
     # -- map -----------------------------------------------------------------
     def _level_tables(self, level: int, gs: np.ndarray, ge: np.ndarray, op: OpAccount | None):
         """Prefixes and pages of every level-`level` table the entry ranges fall in."""
@@ -383,16 +405,12 @@ class PageTable:
         owner, t, s, e, page = owner[live], t[live], s[live], e[live], page[live]
         flat0 = page * ENTRIES + (s & (ENTRIES - 1)) if level != self.fmt.start_level else s
         full = ((e - s) == ENTRIES) & (level == LAST_LEVEL)
-        if full.any():
-            rows = page[full]
-            for i in range(0, len(rows), ROW_CHUNK):
-                chunk = self._rows(rows[i:i + ROW_CHUNK])
-                if np.count_nonzero(chunk):
-                    j = int(np.argmax((chunk != 0).any(axis=1)))
-                    seg = np.flatnonzero(full)[i + j]
-                    g = s[seg] + int(np.argmax(chunk[j] != 0))
-                    self._conflict(r, owner[seg], g, level, "it is mapped already")
-        part = ~full
+        used = self.pool.used[page] > 0        # tables with nothing in them need no look
+        if (full & used).any():
+            seg = int(np.argmax(full & used))
+            g = s[seg] + int(np.argmax(self.pool.mem[page[seg]] != 0))
+            self._conflict(r, owner[seg], g, level, "it is mapped already")
+        part = ~full & used
         if part.any():
             sub, flat = self._ragged_flat(flat0[part], (e - s)[part])
             desc = self.pool.flat[flat]
@@ -436,7 +454,7 @@ class PageTable:
         raise MappingConflict(f"extent {ext}: iova {iova:#x} cannot be mapped: {why} "
                               f"(pass remap=True to replace live mappings)", ext)
 
-    def _write_leaves(self, level: int, r: dict, op: OpAccount) -> None:
+    def _write_leaves(self, level: int, r: dict, op: OpAccount, remap: bool) -> None:
         gs, ge, v0 = r["gs"], r["ge"], r["v0"]
         ids, pages = self._level_tables(level, gs, ge, op)
         owner, t, s, e = self._segments(level, gs, ge)
@@ -449,32 +467,32 @@ class PageTable:
         mem = self.pool.mem
         if full.any():
             rows, vals = flat0[full] // ENTRIES, val0[full]
+            if remap:                          # level-3 rows hold pages only: used counts them
+                n = int(self.pool.used[rows].sum())
+                op.counts["bbm_breaks"] += n
+                op.counts["descriptors_written"] += n
             offsets = _ROW_OFFSETS * step
             for i in range(0, len(rows), ROW_CHUNK):
                 chunk, v = rows[i:i + ROW_CHUNK], vals[i:i + ROW_CHUNK, None]
                 if _follow_on(chunk):
-                    view = mem[chunk[0]:chunk[-1] + 1]
-                    self._count_replaced_rows(view, op)
-                    np.add(v, offsets, out=view)
+                    np.add(v, offsets, out=mem[chunk[0]:chunk[-1] + 1])
                 else:
-                    self._count_replaced_rows(mem[chunk], op)
                     mem[chunk] = v + offsets
+            self.pool.used[rows] = ENTRIES
             op.rows(rows)
         part = ~full
         if part.any():
             f0, ln, v = flat0[part], length[part], val0[part]
-            sub, flat = self._ragged_flat(f0, ln)
-            self._replace(level, flat, op)
-            off = flat - f0[sub]
-            self.pool.flat[flat] = v[sub] + off.astype(U64) * step
+            if remap or level < LAST_LEVEL:    # else the check saw only empty slots
+                self._replace(level, self._ragged_flat(f0, ln)[1], op)
+            # Whole cache lines as rows of 8, then the few entries at the edges.
+            line_seg, lines, edge_seg, edge_flat = self._cut_lines(f0, ln)
+            first = v[line_seg] + (lines * ENTRIES_PER_LINE - f0[line_seg]).astype(U64) * step
+            self.pool.mem.reshape(-1, ENTRIES_PER_LINE)[lines] = first[:, None] + _ROW_OFFSETS[:ENTRIES_PER_LINE] * step
+            self.pool.flat[edge_flat] = v[edge_seg] + (edge_flat - f0[edge_seg]).astype(U64) * step
+            np.add.at(self.pool.used, f0 // ENTRIES, ln)
             op.lines(f0 // ENTRIES_PER_LINE, (f0 + ln - 1) // ENTRIES_PER_LINE)
         op.counts["descriptors_written"] += int(length.sum())
-
-    @staticmethod
-    def _count_replaced_rows(rows: np.ndarray, op: OpAccount) -> None:
-        n = int(np.count_nonzero(rows))      # level-3 rows: every non-zero entry is a live page
-        op.counts["bbm_breaks"] += n
-        op.counts["descriptors_written"] += n
 
     def _replace(self, level: int, where: np.ndarray, op: OpAccount) -> None:
         """Account for live entries a leaf write replaces; free tables a block replaces."""
@@ -483,6 +501,7 @@ class PageTable:
         n = int(np.count_nonzero(valid))
         if not n:
             return
+        self.pool.count(where[valid], -1)      # the write below counts every slot again
         op.counts["bbm_breaks"] += n
         op.counts["descriptors_written"] += n
         if level < LAST_LEVEL:
@@ -518,6 +537,7 @@ class PageTable:
             clear = is_leaf & inside
             if clear.any():
                 self.pool.flat[flat[clear]] = 0
+                self.pool.count(flat[clear], -1)
                 op.entries(flat[clear])
                 op.counts["pages_unmapped"] += int(clear.sum()) * level_pages(level)
             split = is_leaf & ~inside
@@ -531,37 +551,46 @@ class PageTable:
             self._reclaim(touched, op)
 
     def _clear_pages(self, s: np.ndarray, e: np.ndarray, flat0: np.ndarray, op: OpAccount) -> None:
+        """Clear level-3 slots [s, e) of each segment; used counts say where to look."""
+        page = flat0 // ENTRIES
+        keep = self.pool.used[page] > 0
+        s, e, flat0, page = s[keep], e[keep], flat0[keep], page[keep]
         length = e - s
-        full = length == ENTRIES
-        mem = self.pool.mem
-        if full.any():
-            rows = flat0[full] // ENTRIES
+        whole = (length == ENTRIES) & (self.pool.used[page] == ENTRIES)   # full tables: every line
+        if whole.any():
+            rows = page[whole]
             for i in range(0, len(rows), ROW_CHUNK):
                 chunk = rows[i:i + ROW_CHUNK]
-                contiguous = _follow_on(chunk)
-                view = self._rows(chunk)
-                lines = (view.reshape(len(chunk), LINES_PER_TABLE, ENTRIES_PER_LINE) != 0).any(axis=2)
-                n = int(np.count_nonzero(view))
-                if not n:
-                    continue
-                op.counts["descriptors_written"] += n
-                op.counts["pages_unmapped"] += n
-                whole = lines.all(axis=1)
-                op.rows(chunk[whole])
-                r, ln = np.nonzero(lines[~whole])
-                line = chunk[~whole][r] * LINES_PER_TABLE + ln
-                op.lines(line, line)
-                if contiguous:
-                    view[...] = 0
+                if _follow_on(chunk):
+                    self.pool.mem[chunk[0]:chunk[-1] + 1] = 0
                 else:
-                    mem[chunk] = 0
-        part = ~full
-        if part.any():
-            _, flat = self._ragged_flat(flat0[part], length[part])
-            flat = flat[self.pool.flat[flat] != 0]
-            self.pool.flat[flat] = 0
-            op.counts["pages_unmapped"] += len(flat)
-            op.entries(flat)
+                    self.pool.mem[chunk] = 0
+            self.pool.used[rows] = 0
+            op.rows(rows)
+            op.counts["descriptors_written"] += ENTRIES * len(rows)
+            op.counts["pages_unmapped"] += ENTRIES * len(rows)
+        rest = ~whole
+        if rest.any():
+            f0, ln = flat0[rest], length[rest]
+            line_seg, lines, edge_seg, edge_flat = self._cut_lines(f0, ln)
+            mem_lines = self.pool.mem.reshape(-1, ENTRIES_PER_LINE)
+            live_in_line = np.count_nonzero(mem_lines[lines], axis=1)
+            mem_lines[lines] = 0
+            edge_live = self.pool.flat[edge_flat] != 0
+            self.pool.flat[edge_flat] = 0
+            cleared = (np.bincount(line_seg, live_in_line, len(f0))
+                       + np.bincount(edge_seg, edge_live, len(f0))).astype(np.int64)
+            np.subtract.at(self.pool.used, f0 // ENTRIES, cleared)
+            n = int(cleared.sum())
+            op.counts["descriptors_written"] += n
+            op.counts["pages_unmapped"] += n
+            # Lines that held a live entry: runs of whole lines, and the edge lines.
+            hit = lines[live_in_line > 0]
+            if len(hit):
+                cut = np.flatnonzero(np.diff(hit) != 1)
+                op.lines(hit[np.concatenate(([0], cut + 1))], hit[np.concatenate((cut, [len(hit) - 1]))])
+            edge_lines = edge_flat[edge_live] // ENTRIES_PER_LINE
+            op.lines(edge_lines, edge_lines)
 
     def _reclaim(self, touched: list, op: OpAccount) -> None:
         """Free tables the unmap left empty, deepest first, and clear their parent entries."""
@@ -570,12 +599,13 @@ class PageTable:
             pages, parent_flat = pages[alive], parent_flat[alive]
             if not len(pages):
                 continue
-            empty = ~self.pool.mem[pages].any(axis=1)
+            empty = self.pool.used[pages] == 0
             if empty.any():
                 self.pool.free(pages[empty])
                 self._live[level] -= int(empty.sum())
                 op.level_count("tables_freed", level, int(empty.sum()))
                 self.pool.flat[parent_flat[empty]] = 0
+                self.pool.count(parent_flat[empty], -1)
                 op.entries(parent_flat[empty])
 
     # -- translate and decode ----------------------------------------------------------
