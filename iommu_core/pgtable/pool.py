@@ -40,6 +40,7 @@ class TablePool:
         # (level, prefix) -> page of tables a walk has found; pages never move while
         # allocated, so the index stays right until a table is freed.
         self.index: dict[tuple[int, int], int] = {}
+        self.generation = 0                                 # bumped whenever tables come or go
 
     # Views of `mem` must not be kept across `alloc`: growing may move it.
     @property
@@ -68,6 +69,7 @@ class TablePool:
         self.top += fresh
         self.level[pages] = level
         self.prefix[pages] = prefixes
+        self.generation += 1
         return pages
 
     def free(self, pages: np.ndarray) -> None:
@@ -78,6 +80,7 @@ class TablePool:
         self.used[pages] = 0
         self.level[pages] = FREE
         self.index.clear()
+        self.generation += 1
         self._free = np.union1d(self._free, pages)
 
     def _grow(self, need: int) -> None:

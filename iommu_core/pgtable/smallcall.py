@@ -132,8 +132,11 @@ def map_one(pt, iova, pa, npages, perm, memtype, sw, leaf: str) -> dict | None:
             row[a] = v0
         else:
             np.add(np.uint64(v0), pt._leaf_offsets[level][: b - a], out=row[a:b])
-        # Each run lands in its own tables, apart from the table descriptors written above.
-        op.disjoint_lines((b - 1) // ENTRIES_PER_LINE - a // ENTRIES_PER_LINE + 1)
+        first_line = page * (ENTRIES // ENTRIES_PER_LINE) + a // ENTRIES_PER_LINE
+        if level == LAST_LEVEL:     # level-3 tables hold no table descriptors: no line is shared
+            op.disjoint_lines((b - 1) // ENTRIES_PER_LINE - a // ENTRIES_PER_LINE + 1)
+        else:                       # blocks may share a line with a table descriptor written above
+            op.line_range(first_line, first_line + (b - 1) // ENTRIES_PER_LINE - a // ENTRIES_PER_LINE)
         op.counts["descriptors_written"] += b - a
         pt.pool.used[page] += b - a
     op.counts["pages_mapped"] = int(npages)

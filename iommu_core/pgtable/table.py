@@ -12,31 +12,20 @@ the table as it was.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from . import descriptors as d
-from . import smallcall
+from . import smallcall, walk
 from .extents import Batch, Extents, ExtentError, MappingConflict, map_batch, merge_runs, unmap_batch
 from .format import (ENTRIES, ENTRIES_PER_LINE, ENTRIES_SHIFT, GRANULE, GRANULE_SHIFT, LAST_LEVEL,
                      Format, level_pages, level_shift)
 from .accounting import BY_LEVEL, COUNTERS, LINES_PER_TABLE, OpAccount
 from .pool import TablePool
+from .walk import Translation
 
 U64 = np.uint64
 ROW_CHUNK = 2048                       # table rows written per numpy call: bounds temporaries
 _ROW_OFFSETS = np.arange(ENTRIES, dtype=U64)
-
-
-@dataclass
-class Translation:
-    pa: np.ndarray        # uint64 output addresses (0 where faulted)
-    perm: np.ndarray      # uint8: descriptors.PERM_R | PERM_W
-    memtype: np.ndarray   # uint8: descriptors.MEMTYPES code
-    sw: np.ndarray        # uint8 software bits
-    fault: np.ndarray     # bool
-    level: np.ndarray     # int8 level of the leaf (-1 where faulted)
 
 
 def ragged(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +133,7 @@ class PageTable:
             i = int(np.argmax(bad))
             raise ExtentError(f"address {i}: {int(a[i]):#x} is outside the {self.fmt.ia_bits}-bit input "
                               f"range of {self.fmt.name}", i)
-        return self._translate(a.astype(U64))
+        return walk.translate(self.pool, self.fmt, a.astype(U64))
 
     def mappings(self) -> Extents:
         """The table decoded into the fewest extents (adjacent leaves with equal attributes merged)."""
@@ -609,40 +598,6 @@ class PageTable:
                 op.entries(parent_flat[empty])
 
     # -- translate and decode ----------------------------------------------------------
-    def _translate(self, a: np.ndarray) -> Translation:
-        n = len(a)
-        pa = np.zeros(n, U64)
-        desc_out = np.zeros(n, U64)
-        level_out = np.full(n, -1, np.int8)
-        todo = np.arange(n)
-        flat = (a >> U64(level_shift(self.fmt.start_level))).astype(np.int64)
-        flat_mem = self.pool.flat
-        for level in self.fmt.levels:
-            desc = flat_mem[flat]
-            is_table, is_leaf = self._kinds(level, desc)
-            if level == 0:
-                is_leaf[:] = False          # no level-0 blocks with a 4 KiB granule
-            if is_leaf.any():
-                hit = todo[is_leaf] if len(todo) != n or not is_leaf.all() else todo
-                off = U64((1 << level_shift(level)) - 1)
-                pa[hit] = (desc[is_leaf] & U64(d.oa_mask(level))) | (a[hit] & off)
-                desc_out[hit] = desc[is_leaf]
-                level_out[hit] = level
-            if not is_table.all():
-                todo, desc = todo[is_table], desc[is_table]
-            if not len(todo) or level == LAST_LEVEL:
-                break
-            nxt = level + 1
-            idx = (a[todo] >> U64(level_shift(nxt))) & U64(ENTRIES - 1)
-            flat = (((desc & U64(d.OA_MASK_48)) - U64(self.base)) >> U64(GRANULE_SHIFT - ENTRIES_SHIFT)).astype(np.int64)
-            flat += idx.astype(np.int64)
-        fault = level_out < 0
-        perm, memtype, sw = d.decode_leaf(self.fmt, desc_out)
-        perm[fault] = 0
-        memtype[fault] = 0
-        sw[fault] = 0
-        return Translation(pa, perm, memtype, sw, fault, level_out)
-
     def _leaf_chunks(self, level: int):
         """(entry numbers, descriptors) of the valid leaves of a level, in bounded chunks."""
         if level == self.fmt.start_level:
