@@ -25,6 +25,7 @@ from .walk import Translation
 
 U64 = np.uint64
 ROW_CHUNK = 2048                       # table rows written per numpy call: bounds temporaries
+TEMPLATE_ROWS = 256                    # 1 MiB: a template that stays in cache while it is copied
 _ROW_OFFSETS = np.arange(ENTRIES, dtype=U64)
 
 
@@ -77,6 +78,7 @@ class PageTable:
         # For the single-extent path: attribute bits by (perm, memtype, sw), leaf address steps.
         self._perms = frozenset(d.allowed_perms(self.fmt))
         self._attr_cache: dict[tuple, int] = {}
+        self._templates: dict = {}
         self._leaf_offsets = {lvl: _ROW_OFFSETS * U64(level_pages(lvl) * GRANULE) for lvl in self.fmt.levels}
 
     # -- public surface ----------------------------------------------------
@@ -385,6 +387,7 @@ class PageTable:
         """Refuse the batch if any leaf of `level` would land on a live mapping."""
         ids, pages = self._level_tables(level, r["gs"], r["ge"], None)
         owner, t, s, e = self._segments(level, r["gs"], r["ge"])
+        r["found"] = ids, pages, (owner, t, s, e)    # the write reuses this walk if it can
         page = _lookup(ids, pages, t) if level != self.fmt.start_level else np.zeros(len(t), np.int64)
         covered = page == -2
         if covered.any():
@@ -417,6 +420,40 @@ class PageTable:
                 why = "smaller mappings below it are live" if below[i] else "it is mapped already"
                 self._conflict(r, owner[seg], g, level, why)
 
+    def _write_rows(self, rows: np.ndarray, vals: np.ndarray, step) -> None:
+        """Fill whole tables: row i gets vals[i], vals[i] + step, ... (512 entries).
+
+        Where consecutive pages continue one arithmetic progression (a contiguous
+        mapping), the run is written as a cache-resident template plus a scalar:
+        a pure streaming write. Other rows are written by broadcasting.
+        """
+        mem = self.pool.mem
+        run_step = U64(ENTRIES) * step
+        cut = np.flatnonzero((np.diff(rows) != 1) | (np.diff(vals) != run_step)) + 1
+        if len(cut) > len(rows) // TEMPLATE_ROWS:       # no long runs: broadcast in chunks
+            for i in range(0, len(rows), ROW_CHUNK):
+                chunk, v = rows[i:i + ROW_CHUNK], vals[i:i + ROW_CHUNK, None]
+                if _follow_on(chunk):
+                    np.add(v, _ROW_OFFSETS * step, out=mem[chunk[0]:chunk[-1] + 1])
+                else:
+                    mem[chunk] = v + _ROW_OFFSETS * step
+            return
+        template = self._template(step)
+        flat = self.pool.flat
+        for i, j in zip(np.concatenate(([0], cut)).tolist(), np.concatenate((cut, [len(rows)])).tolist()):
+            first = int(rows[i]) * ENTRIES
+            whole = (j - i) // TEMPLATE_ROWS * TEMPLATE_ROWS
+            for k in range(0, whole, TEMPLATE_ROWS):
+                np.add(template, vals[i + k], out=flat[first + k * ENTRIES: first + (k + TEMPLATE_ROWS) * ENTRIES])
+            if whole < j - i:
+                np.add(vals[i + whole:j, None], _ROW_OFFSETS * step,
+                       out=mem[rows[i] + whole:rows[i] + (j - i)])
+
+    def _template(self, step) -> np.ndarray:
+        if step not in self._templates:
+            self._templates[step] = np.arange(TEMPLATE_ROWS * ENTRIES, dtype=U64) * step
+        return self._templates[step]
+
     def _rows(self, pages: np.ndarray) -> np.ndarray:
         """Table rows, as a view when the pages follow on (the common case)."""
         if _follow_on(pages):
@@ -445,8 +482,13 @@ class PageTable:
 
     def _write_leaves(self, level: int, r: dict, op: OpAccount, remap: bool) -> None:
         gs, ge, v0 = r["gs"], r["ge"], r["v0"]
-        ids, pages = self._level_tables(level, gs, ge, op)
-        owner, t, s, e = self._segments(level, gs, ge)
+        if "found" in r:
+            ids, pages, (owner, t, s, e) = r["found"]
+            if (pages < 0).any():               # missing tables, or blocks to split (remap)
+                pages = self._tables(level, ids, op)
+        else:
+            ids, pages = self._level_tables(level, gs, ge, op)
+            owner, t, s, e = self._segments(level, gs, ge)
         flat0 = self._segment_flat(level, t, s, ids, pages)
         step = U64(level_pages(level) * GRANULE)
         val0 = v0[owner] + (s - gs[owner]).astype(U64) * step
@@ -460,15 +502,12 @@ class PageTable:
                 n = int(self.pool.used[rows].sum())
                 op.counts["bbm_breaks"] += n
                 op.counts["descriptors_written"] += n
-            offsets = _ROW_OFFSETS * step
-            for i in range(0, len(rows), ROW_CHUNK):
-                chunk, v = rows[i:i + ROW_CHUNK], vals[i:i + ROW_CHUNK, None]
-                if _follow_on(chunk):
-                    np.add(v, offsets, out=mem[chunk[0]:chunk[-1] + 1])
-                else:
-                    mem[chunk] = v + offsets
+            self._write_rows(rows, vals, step)
             self.pool.used[rows] = ENTRIES
-            op.rows(rows)
+            if remap:                          # a split may have written these tables already
+                op.rows(rows)
+            else:                              # tables no other write of this call touches
+                op.disjoint_lines(len(rows) * LINES_PER_TABLE)
         part = ~full
         if part.any():
             f0, ln, v = flat0[part], length[part], val0[part]
