@@ -94,6 +94,13 @@ class TablePool:
         self.prefix = np.concatenate((self.prefix, np.zeros(cap - len(self.prefix), np.int64)))
         self.used = np.concatenate((self.used, np.zeros(cap - len(self.used), np.int32)))
 
+    def count_pages(self, pages: np.ndarray, delta: np.ndarray) -> None:
+        """used[pages[i]] += delta[i], repeats allowed."""
+        if len(pages) > 256:                 # ufunc.at is slow on long arrays
+            self.used[: self.top] += np.bincount(pages, delta, minlength=self.top).astype(np.int32)
+        else:
+            np.add.at(self.used, pages, delta)
+
     def count(self, flat: np.ndarray, delta) -> None:
         """Entries at these flat indexes became non-zero (delta > 0) or zero (delta < 0)."""
         pages = np.asarray(flat, dtype=np.int64) // ENTRIES

@@ -26,6 +26,7 @@ from .walk import Translation
 U64 = np.uint64
 ROW_CHUNK = 2048                       # table rows written per numpy call: bounds temporaries
 TEMPLATE_ROWS = 256                    # 1 MiB: a template that stays in cache while it is copied
+FILL_GRANULES = (64, ENTRIES_PER_LINE)   # aligned block sizes, in entries, for writing ranges
 _ROW_OFFSETS = np.arange(ENTRIES, dtype=U64)
 
 
@@ -271,6 +272,15 @@ class PageTable:
         start = self.fmt.start_level
         if level == start:
             return np.zeros(len(ids), np.int64)
+        if level == LAST_LEVEL and len(ids) > 256:
+            # Many level-3 tables: ask the walk cache before walking down to each.
+            index = walk.level3_index(self.pool, self.fmt)
+            if index is not None:
+                pos = ids - index[0]
+                if pos[0] >= 0 and pos[-1] < len(index[1]):
+                    found = index[1][pos]
+                    if (found >= 0).all():
+                        return found // ENTRIES
         parent_ids = _unique_sorted(ids >> ENTRIES_SHIFT) if level - 1 > start else np.zeros(1, np.int64)
         parent_pages = self._tables(level - 1, parent_ids, op)
         flat = self._entry_flat(level - 1, ids, parent_ids, parent_pages)
@@ -449,6 +459,35 @@ class PageTable:
                 np.add(vals[i + whole:j, None], _ROW_OFFSETS * step,
                        out=mem[rows[i] + whole:rows[i] + (j - i)])
 
+    def _fill_ranges(self, flat0: np.ndarray, length: np.ndarray, v0: np.ndarray, step) -> None:
+        """Write v0 + k * step at flat0 + k (k < length) for many ranges inside tables.
+
+        Aligned blocks of 64 entries, then of 8 (a cache line), are written as rows
+        of a reshaped pool; only the last few entries at the edges of a range are
+        written one by one, so index arrays stay far shorter than the ranges.
+        """
+        flat = self.pool.flat
+        s, n, v = flat0, length, v0
+        for g in FILL_GRANULES:
+            end = s + n
+            first = -(-s // g)
+            stop = np.maximum(end // g, first)
+            seg, k = ragged(stop - first)
+            if len(seg):
+                block = first[seg] + k
+                start = v[seg] + (block * g - s[seg]).astype(U64) * step
+                flat.reshape(-1, g)[block] = start[:, None] + _ROW_OFFSETS[:g] * step
+            # What is left: the head before the first block, the tail after the last.
+            head_end = np.minimum(end, first * g)
+            tail = np.maximum(np.minimum(stop * g, end), head_end)
+            s = np.concatenate((s, tail))
+            n = np.concatenate((head_end - s[: len(end)], end - tail))
+            v = np.concatenate((v, v + (tail - s[: len(end)]).astype(U64) * step))
+            keep = n > 0
+            s, n, v = s[keep], n[keep], v[keep]
+        seg, idx = self._ragged_flat(s, n)
+        flat[idx] = v[seg] + (idx - s[seg]).astype(U64) * step
+
     def _template(self, step) -> np.ndarray:
         if step not in self._templates:
             self._templates[step] = np.arange(TEMPLATE_ROWS * ENTRIES, dtype=U64) * step
@@ -513,12 +552,8 @@ class PageTable:
             f0, ln, v = flat0[part], length[part], val0[part]
             if remap or level < LAST_LEVEL:    # else the check saw only empty slots
                 self._replace(level, self._ragged_flat(f0, ln)[1], op)
-            # Whole cache lines as rows of 8, then the few entries at the edges.
-            line_seg, lines, edge_seg, edge_flat = self._cut_lines(f0, ln)
-            first = v[line_seg] + (lines * ENTRIES_PER_LINE - f0[line_seg]).astype(U64) * step
-            self.pool.mem.reshape(-1, ENTRIES_PER_LINE)[lines] = first[:, None] + _ROW_OFFSETS[:ENTRIES_PER_LINE] * step
-            self.pool.flat[edge_flat] = v[edge_seg] + (edge_flat - f0[edge_seg]).astype(U64) * step
-            np.add.at(self.pool.used, f0 // ENTRIES, ln)
+            self._fill_ranges(f0, ln, v, step)
+            self.pool.count_pages(f0 // ENTRIES, ln)
             op.lines(f0 // ENTRIES_PER_LINE, (f0 + ln - 1) // ENTRIES_PER_LINE)
         op.counts["descriptors_written"] += int(length.sum())
 
@@ -602,7 +637,8 @@ class PageTable:
             f0, ln = flat0[rest], length[rest]
             line_seg, lines, edge_seg, edge_flat = self._cut_lines(f0, ln)
             mem_lines = self.pool.mem.reshape(-1, ENTRIES_PER_LINE)
-            live_in_line = np.count_nonzero(mem_lines[lines], axis=1)
+            # 8 "non-zero" bytes per line read as one word: its bit count is the live entries.
+            live_in_line = np.bitwise_count((mem_lines[lines] != 0).view(np.uint64)).ravel()
             mem_lines[lines] = 0
             edge_live = self.pool.flat[edge_flat] != 0
             self.pool.flat[edge_flat] = 0

@@ -59,7 +59,7 @@ class Translation:
         return np.where(self.fault, np.uint8(0), self._fields[2])
 
 
-def _level3_index(pool, fmt: Format):
+def level3_index(pool, fmt: Format):
     """(first region, flat index of each region's level-3 table or -1), or None."""
     if fmt.start_level == LAST_LEVEL:
         return None
@@ -82,7 +82,7 @@ def translate(pool, fmt: Format, a: np.ndarray) -> Translation:
     pa = np.zeros(n, U64)
     desc = np.zeros(n, U64)
     level = np.full(n, -1, np.int8)
-    index = _level3_index(pool, fmt)
+    index = level3_index(pool, fmt)
     for i in range(0, n, CHUNK):
         out = (pa[i:i + CHUNK], desc[i:i + CHUNK], level[i:i + CHUNK])
         chunk = a[i:i + CHUNK]
