@@ -1,0 +1,66 @@
+"""The `iommu-bench tables` job: a guest laid out as Xen does, mapped into every format."""
+
+import json
+
+import numpy as np
+import pytest
+
+from iommu_core.cli import main
+from iommu_core.guestmap import GIB, GUEST_RAM0, GUEST_RAM1_BASE, H3_RAM_BANKS, MIB, guest_layout
+
+
+def in_banks(pa, n):
+    return any(base <= pa and pa + n * 4096 <= base + size for base, size in H3_RAM_BANKS)
+
+
+@pytest.mark.parametrize("ram_mib, chunk_kib", [(64, 4), (2048, 2048), (2048, 1 << 20), (2944, 4)])
+def test_guest_layout_covers_the_ram_from_board_banks(ram_mib, chunk_kib):
+    lay = guest_layout(ram_mib * MIB, chunk_kib * 1024, seed=3)
+    assert lay.pages * 4096 == ram_mib * MIB
+    assert all(in_banks(int(p), int(n)) for p, n in zip(lay.pa, lay.npages))
+    ends = lay.pa + lay.npages * 4096
+    order = np.argsort(lay.pa)
+    assert np.all(lay.pa[order][1:] >= ends[order][:-1])            # no machine page given twice
+    ram0 = lay.iova < GUEST_RAM1_BASE
+    assert int(lay.npages[ram0].sum()) * 4096 == min(ram_mib * MIB, GUEST_RAM0[1])
+
+
+def test_tables_job_prints_and_writes_one_row_per_table(tmp_path, capsys):
+    out = tmp_path / "rows.jsonl"
+    assert main(["tables", "--guest-mib", "256", "--chunk-kib", "4", "--json", str(out),
+                 "--export", str(tmp_path / "img")]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["format"], r["leaf"]) for r in rows] == [
+        (f, leaf) for f in ("ipmmu-s1-32", "ipmmu-s1-39", "p2m-s2-40", "p2m-s2-48") for leaf in ("auto", "4k")]
+    for r in rows:
+        assert r["mapped_pages"] == 256 * 256 and r["unreachable_pages"] == 0
+        assert r["verified_samples"] > 0
+        # 4 KiB host chunks leave no block: 64K pages need 128 level-3 tables whatever the leaf mode.
+        assert r["tables_by_level"]["3"] == 128
+    assert (tmp_path / "img" / "ipmmu-s1-32-auto.bin").exists()
+    assert "ipmmu-s1-32" in capsys.readouterr().out
+
+
+def test_superpage_host_chunks_give_blocks_and_smaller_tables(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    main(["tables", "--guest-mib", "1024", "--chunk-kib", "2048", "--formats", "p2m-s2-40", "--json", str(out)])
+    auto, pages = (json.loads(line) for line in out.read_text().splitlines())
+    assert auto["tables_by_level"]["3"] == 0 and pages["tables_by_level"]["3"] == 512
+    assert auto["table_bytes"] < pages["table_bytes"] / 100
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["tables", "--guest-mib", "99999"], "does not fit"),
+    (["tables", "--chunk-kib", "3"], "power of two"),
+])
+def test_bad_arguments_are_named(argv, fragment, capsys):
+    assert main(argv) == 2
+    assert fragment in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["tables", "--formats", "smmu"], ["tables", "--guest-mib", "-5"]])
+def test_argparse_refuses_bad_values(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "error" in capsys.readouterr().err
