@@ -133,7 +133,7 @@ def run_sequence(fmt, ops, window_pages, base_page, reclaim=False, with_referenc
         assert pt.stats()["tables"] == 1
 
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 WINDOW = 4 * BLOCK                       # 8 MiB
 BASE = (1 << 18) - 2 * BLOCK             # straddles the 1 GiB boundary: two level-1 entries
 
@@ -161,7 +161,7 @@ GIB = 1 << 18
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["ipmmu-s1-32", "p2m-s2-48"])
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_sequences_with_gigabyte_blocks(preset, data):
     fmt = PRESETS[preset]

@@ -19,7 +19,7 @@ from . import descriptors as d
 from .format import ENTRIES, ENTRIES_SHIFT, GRANULE_SHIFT, LAST_LEVEL, Format, level_shift
 
 U64 = np.uint64
-CHUNK = 1 << 16
+CHUNK = 1 << 15                      # addresses per step: the step's arrays fit a 512 KiB L2
 MAX_INDEX = 1 << 23                  # 2 MiB regions a dense walk cache may span (64 MiB of index)
 _TYPE_MASK = U64(d.DESC_TYPE_MASK)
 _TABLE = U64(d.DESC_TABLE)
