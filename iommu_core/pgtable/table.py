@@ -462,9 +462,9 @@ class PageTable:
     def _fill_ranges(self, flat0: np.ndarray, length: np.ndarray, v0: np.ndarray, step) -> None:
         """Write v0 + k * step at flat0 + k (k < length) for many ranges inside tables.
 
-        Aligned blocks of 64 entries, then of 8 (a cache line), are written as rows
-        of a reshaped pool; only the last few entries at the edges of a range are
-        written one by one, so index arrays stay far shorter than the ranges.
+        Aligned blocks of 64 entries, then of 8 (a cache line), are copied whole;
+        only the last few entries at the edges of a range are written one by one,
+        so index arrays stay far shorter than the ranges.
         """
         flat = self.pool.flat
         s, n, v = flat0, length, v0
@@ -476,7 +476,9 @@ class PageTable:
             if len(seg):
                 block = first[seg] + k
                 start = v[seg] + (block * g - s[seg]).astype(U64) * step
-                flat.reshape(-1, g)[block] = start[:, None] + _ROW_OFFSETS[:g] * step
+                # Each block as one opaque element: a fancy copy per block, not per entry.
+                blocks = start[:, None] + _ROW_OFFSETS[:g] * step
+                flat.view(f"V{g * 8}")[block] = blocks.view(f"V{g * 8}").ravel()
             # What is left: the head before the first block, the tail after the last.
             head_end = np.minimum(end, first * g)
             tail = np.maximum(np.minimum(stop * g, end), head_end)
@@ -636,10 +638,11 @@ class PageTable:
         if rest.any():
             f0, ln = flat0[rest], length[rest]
             line_seg, lines, edge_seg, edge_flat = self._cut_lines(f0, ln)
-            mem_lines = self.pool.mem.reshape(-1, ENTRIES_PER_LINE)
+            mem_lines = self.pool.flat.view("V64")          # a cache line as one element
+            held = mem_lines[lines].view(U64).reshape(-1, ENTRIES_PER_LINE)
             # 8 "non-zero" bytes per line read as one word: its bit count is the live entries.
-            live_in_line = np.bitwise_count((mem_lines[lines] != 0).view(np.uint64)).ravel()
-            mem_lines[lines] = 0
+            live_in_line = np.bitwise_count((held != 0).view(np.uint64)).ravel()
+            mem_lines[lines] = np.zeros(1, "V64")
             edge_live = self.pool.flat[edge_flat] != 0
             self.pool.flat[edge_flat] = 0
             cleared = (np.bincount(line_seg, live_in_line, len(f0))
