@@ -1,6 +1,14 @@
 """iommu-bench: what an unshared IOMMU page table costs a hypervisor."""
 
-from .pgtable import PRESETS, Extents, ExtentError, Format, MappingConflict, PageTable, Translation
+from .pgtable import (
+           PRESETS,
+           ExtentError,
+           Extents,
+           Format,
+           MappingConflict,
+           PageTable,
+           Translation,
+)
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,6 @@ import json
 import struct
 
 import pytest
-
 from armwalk import WalkError, attr_bits, load_image, stage1_perm, stage2_perm
 
 # Descriptor bits, spelled out (Arm ARM, VMSAv8-64 long descriptors).

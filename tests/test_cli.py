@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from iommu_core.cli import main
-from iommu_core.guestmap import GIB, GUEST_RAM0, GUEST_RAM1_BASE, H3_RAM_BANKS, MIB, guest_layout
+from iommu_core.guestmap import (
+    GUEST_RAM0,
+    GUEST_RAM1_BASE,
+    H3_RAM_BANKS,
+    MIB,
+    guest_layout,
+)
 
 
 def in_banks(pa, n):

@@ -2,10 +2,10 @@
 
 import json
 
+import armwalk
 import numpy as np
 import pytest
 
-import armwalk
 from iommu_core import PageTable
 from iommu_core.pgtable.format import PRESETS
 

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pagemodel import PAGE, DictModel
 
 from iommu_core import MappingConflict, PageTable
 from iommu_core.pgtable.descriptors import MEMTYPE_NAMES, PERM_NAMES, allowed_perms
 from iommu_core.pgtable.format import PRESETS
-
-from pagemodel import PAGE, DictModel
 
 BLOCK = 512                      # pages in 2 MiB
 

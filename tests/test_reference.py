@@ -10,8 +10,8 @@ Leaf attribute bits (Arm ARM, VMSAv8-64 long descriptors):
 """
 
 import pytest
-
 from armwalk import load_image
+
 from iommu_core.pgtable.extents import ExtentError, MappingConflict
 from iommu_core.pgtable.format import Format
 from iommu_core.pgtable.reference import ReferencePageTable

@@ -3,7 +3,7 @@
 Knows formats and descriptors, nothing of Xen.
 """
 
-from .extents import Extents, ExtentError, MappingConflict
+from .extents import ExtentError, Extents, MappingConflict
 from .format import PRESETS, Format
 from .table import PageTable, Translation
 

@@ -162,12 +162,10 @@ def _check_disjoint(in_page: np.ndarray, npages: np.ndarray, order: np.ndarray) 
                           f"(iova {int(in_page[b]) * GRANULE:#x})", b)
 
 
-def map_batch(fmt: Format, iova, pa, npages, perm, memtype, sw) -> Batch:
-    n = _count(iova, pa, npages, perm, memtype, sw)
+def _input_ranges(fmt: Format, iova, npages, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked input ranges of a batch: (4 KiB page numbers, page counts, order by page)."""
     iova_a = _as_int_array("iova", iova, n)
-    pa_a = _as_int_array("pa", pa, n)
     np_a = _as_int_array("npages", npages, n)
-    sw_a = _as_int_array("sw", sw, n)
     if n == 0:
         raise ExtentError("empty batch: no extents given")
     bad = np_a <= 0
@@ -175,6 +173,16 @@ def map_batch(fmt: Format, iova, pa, npages, perm, memtype, sw) -> Batch:
         i = int(np.argmax(bad))
         raise ExtentError(f"extent {i}: npages must be positive, got {int(np_a[i])}", i)
     _check_pages(fmt, iova_a, np_a, "iova", fmt.ia_pages, fmt.ia_bits)
+    in_page = iova_a // GRANULE
+    order = np.argsort(in_page, kind="stable")
+    return in_page, np_a, order
+
+
+def map_batch(fmt: Format, iova, pa, npages, perm, memtype, sw) -> Batch:
+    n = _count(iova, pa, npages, perm, memtype, sw)
+    in_page, np_a, order = _input_ranges(fmt, iova, npages, n)
+    pa_a = _as_int_array("pa", pa, n)
+    sw_a = _as_int_array("sw", sw, n)
     _check_pages(fmt, pa_a, np_a, "pa", fmt.oa_pages, fmt.oa_bits)
     bad = (sw_a < 0) | (sw_a > 15)
     if bad.any():
@@ -182,8 +190,6 @@ def map_batch(fmt: Format, iova, pa, npages, perm, memtype, sw) -> Batch:
         raise ExtentError(f"extent {i}: sw {int(sw_a[i])} does not fit the 4 software bits (0..15)", i)
     perm_c = _codes("perm", perm, PERMS, allowed_perms(fmt), n)
     mem_c = _codes("memtype", memtype, MEMTYPES, tuple(MEMTYPES), n)
-    in_page = iova_a // GRANULE
-    order = np.argsort(in_page, kind="stable")
     _check_disjoint(in_page, np_a, order)
     return Batch(in_page[order], (pa_a // GRANULE)[order], np_a[order], perm_c[order],
                  mem_c[order], sw_a[order].astype(np.uint8), order)
@@ -191,17 +197,7 @@ def map_batch(fmt: Format, iova, pa, npages, perm, memtype, sw) -> Batch:
 
 def unmap_batch(fmt: Format, iova, npages) -> Batch:
     n = _count(iova, npages)
-    iova_a = _as_int_array("iova", iova, n)
-    np_a = _as_int_array("npages", npages, n)
-    if n == 0:
-        raise ExtentError("empty batch: no extents given")
-    bad = np_a <= 0
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ExtentError(f"extent {i}: npages must be positive, got {int(np_a[i])}", i)
-    _check_pages(fmt, iova_a, np_a, "iova", fmt.ia_pages, fmt.ia_bits)
-    in_page = iova_a // GRANULE
-    order = np.argsort(in_page, kind="stable")
+    in_page, np_a, order = _input_ranges(fmt, iova, npages, n)
     _check_disjoint(in_page, np_a, order)
     z = np.zeros(0, dtype=np.uint8)
     return Batch(in_page[order], np.zeros(0, np.int64), np_a[order], z, z, z, order)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import descriptors as d
-from .format import ENTRIES, ENTRIES_SHIFT, GRANULE, LAST_LEVEL, PRESETS, Format
+from .format import ENTRIES, LAST_LEVEL, PRESETS, Format
 
 MANIFEST_VERSION = 1
 

@@ -20,10 +20,30 @@ from pathlib import Path
 
 import numpy as np
 
-from .descriptors import (DESC_TABLE, DESC_TYPE_MASK, DESC_VALID, MEMTYPES, OA_MASK_48, PERMS,
-                          allowed_perms, decode_leaf, leaf_attrs, leaf_type, oa_mask, table_desc_bits)
+from .descriptors import (
+    DESC_TABLE,
+    DESC_TYPE_MASK,
+    DESC_VALID,
+    MEMTYPES,
+    OA_MASK_48,
+    PERMS,
+    allowed_perms,
+    decode_leaf,
+    leaf_attrs,
+    leaf_type,
+    oa_mask,
+    table_desc_bits,
+)
 from .extents import ExtentError, Extents, MappingConflict
-from .format import ENTRIES, GRANULE, GRANULE_SHIFT, LAST_LEVEL, LEAF_SIZE_LEVEL, Format, level_shift
+from .format import (
+    ENTRIES,
+    GRANULE,
+    GRANULE_SHIFT,
+    LAST_LEVEL,
+    LEAF_SIZE_LEVEL,
+    Format,
+    level_shift,
+)
 
 
 def _is_table(desc: int, level: int) -> bool:

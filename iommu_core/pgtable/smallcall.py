@@ -16,7 +16,15 @@ import numpy as np
 
 from . import descriptors as d
 from .accounting import OpAccount
-from .format import ENTRIES, ENTRIES_PER_LINE, ENTRIES_SHIFT, GRANULE, GRANULE_SHIFT, LAST_LEVEL, level_pages
+from .format import (
+    ENTRIES,
+    ENTRIES_PER_LINE,
+    ENTRIES_SHIFT,
+    GRANULE,
+    GRANULE_SHIFT,
+    LAST_LEVEL,
+    level_pages,
+)
 
 MAX_PAGES = 4096            # beyond this the vectorized path is as fast
 _INT = (int, np.integer)

@@ -14,12 +14,29 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import decode, smallcall, walk
 from . import descriptors as d
-from . import smallcall, walk
-from .extents import Batch, Extents, ExtentError, MappingConflict, map_batch, merge_runs, unmap_batch
-from .format import (ENTRIES, ENTRIES_PER_LINE, ENTRIES_SHIFT, GRANULE, GRANULE_SHIFT, LAST_LEVEL,
-                     Format, level_pages, level_shift)
 from .accounting import BY_LEVEL, COUNTERS, LINES_PER_TABLE, OpAccount
+from .arrays import follow_on, lookup, ragged, unique_sorted
+from .extents import (
+    Batch,
+    ExtentError,
+    Extents,
+    MappingConflict,
+    map_batch,
+    unmap_batch,
+)
+from .format import (
+    ENTRIES,
+    ENTRIES_PER_LINE,
+    ENTRIES_SHIFT,
+    GRANULE,
+    GRANULE_SHIFT,
+    LAST_LEVEL,
+    Format,
+    level_pages,
+    level_shift,
+)
 from .pool import TablePool
 from .walk import Translation
 
@@ -28,34 +45,6 @@ ROW_CHUNK = 2048                       # table rows written per numpy call: boun
 TEMPLATE_ROWS = 256                    # 1 MiB: a template that stays in cache while it is copied
 FILL_GRANULES = (64, ENTRIES_PER_LINE)   # aligned block sizes, in entries, for writing ranges
 _ROW_OFFSETS = np.arange(ENTRIES, dtype=U64)
-
-
-def ragged(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For runs of the given lengths: the run of each element and its offset in the run."""
-    counts = np.asarray(counts, dtype=np.int64)
-    owner = np.repeat(np.arange(len(counts)), counts)
-    starts = np.cumsum(counts) - counts
-    return owner, np.arange(len(owner), dtype=np.int64) - starts[owner]
-
-
-def _follow_on(pages: np.ndarray) -> bool:
-    """Whether the pages are consecutive and ascending, so a slice can address them."""
-    n = len(pages)
-    return n > 0 and pages[-1] - pages[0] == n - 1 and (n < 3 or bool(np.all(np.diff(pages) == 1)))
-
-
-def _unique_sorted(a: np.ndarray) -> np.ndarray:
-    if len(a) < 2:
-        return a
-    return a[np.concatenate(([True], a[1:] != a[:-1]))]
-
-
-def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray, missing: int = -1) -> np.ndarray:
-    """values[k] for each query equal to keys[k] (keys sorted unique), else `missing`."""
-    if len(keys) == 0:
-        return np.full(len(query), missing, dtype=np.int64)
-    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-    return np.where(keys[pos] == query, values[pos], missing)
 
 
 class PageTable:
@@ -108,7 +97,7 @@ class PageTable:
         plan = self._plan_leaves(batch, levels)
         if not remap:
             for level, ranges in plan.items():
-                self._check_free(level, ranges, batch)
+                self._check_free(level, ranges)
         op = OpAccount()
         for level, ranges in plan.items():
             self._write_leaves(level, ranges, op, remap)
@@ -140,29 +129,11 @@ class PageTable:
 
     def mappings(self) -> Extents:
         """The table decoded into the fewest extents (adjacent leaves with equal attributes merged)."""
-        parts = [self._leaf_runs(level) for level in self.fmt.levels]
-        parts = [p for p in parts if len(p[0])]
-        if not parts:
-            return Extents.empty()
-        iova, pa, npg, attrs = (np.concatenate(x) for x in zip(*parts))
-        order = np.argsort(iova, kind="stable")
-        iova, pa, npg, attrs = iova[order], pa[order], npg[order], attrs[order]
-        starts = merge_runs(iova, pa, npg, attrs)
-        npg = np.add.reduceat(npg, starts)
-        perm, memtype, sw = d.decode_leaf(self.fmt, attrs[starts])
-        return Extents(iova[starts], pa[starts], npg, perm, memtype, sw)
+        return decode.mappings(self)
 
     def leaves(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every valid leaf: (iova, level, descriptor), sorted by iova."""
-        out = []
-        for level in self.fmt.levels:
-            for g, desc in self._leaf_chunks(level):
-                out.append((g.astype(U64) << U64(level_shift(level)), np.full(len(g), level, np.int8), desc))
-        if not out:
-            return np.zeros(0, U64), np.zeros(0, np.int8), np.zeros(0, U64)
-        iova, lvl, desc = (np.concatenate(x) for x in zip(*out))
-        order = np.argsort(iova, kind="stable")
-        return iova[order], lvl[order], desc[order]
+        return decode.leaves(self)
 
     def stats(self) -> dict:
         s = dict(self._totals)
@@ -211,7 +182,7 @@ class PageTable:
         """Flat pool index of level-`level` entries `g`; -1 where their table does not exist."""
         if level == self.fmt.start_level:
             return g.copy()             # the root sits at page 0; concatenated pages follow on
-        page = _lookup(table_ids, table_pages, g >> ENTRIES_SHIFT)
+        page = lookup(table_ids, table_pages, g >> ENTRIES_SHIFT)
         return np.where(page >= 0, page * ENTRIES + (g & (ENTRIES - 1)), -1)
 
     def _read(self, flat: np.ndarray) -> np.ndarray:
@@ -281,14 +252,14 @@ class PageTable:
                     found = index[1][pos]
                     if (found >= 0).all():
                         return found // ENTRIES
-        parent_ids = _unique_sorted(ids >> ENTRIES_SHIFT) if level - 1 > start else np.zeros(1, np.int64)
+        parent_ids = unique_sorted(ids >> ENTRIES_SHIFT) if level - 1 > start else np.zeros(1, np.int64)
         parent_pages = self._tables(level - 1, parent_ids, op)
         flat = self._entry_flat(level - 1, ids, parent_ids, parent_pages)
         desc = self._read(flat)
         is_table, is_leaf = self._kinds(level - 1, desc)
         pages = np.where(is_table, self.pool.page_of(desc & U64(d.OA_MASK_48)), -1)
         if op is None:
-            covered = is_leaf | (_lookup(parent_ids, parent_pages, ids >> ENTRIES_SHIFT) == -2
+            covered = is_leaf | (lookup(parent_ids, parent_pages, ids >> ENTRIES_SHIFT) == -2
                                  if level - 1 > start else False)
             return np.where(covered, -2, pages)
         if is_leaf.any():
@@ -356,7 +327,7 @@ class PageTable:
     def _segment_flat(self, level: int, t: np.ndarray, s: np.ndarray, ids, pages) -> np.ndarray:
         if level == self.fmt.start_level:
             return s.copy()
-        page = _lookup(ids, pages, t)
+        page = lookup(ids, pages, t)
         return np.where(page >= 0, page * ENTRIES + (s & (ENTRIES - 1)), -1)
 
     @staticmethod
@@ -390,15 +361,15 @@ class PageTable:
         if level == self.fmt.start_level:
             return np.zeros(1, np.int64), np.zeros(1, np.int64)
         owner, k = ragged(((ge - 1) >> ENTRIES_SHIFT) - (gs >> ENTRIES_SHIFT) + 1)
-        ids = _unique_sorted((gs >> ENTRIES_SHIFT)[owner] + k)
+        ids = unique_sorted((gs >> ENTRIES_SHIFT)[owner] + k)
         return ids, self._tables(level, ids, op)
 
-    def _check_free(self, level: int, r: dict, b: Batch) -> None:
+    def _check_free(self, level: int, r: dict) -> None:
         """Refuse the batch if any leaf of `level` would land on a live mapping."""
         ids, pages = self._level_tables(level, r["gs"], r["ge"], None)
         owner, t, s, e = self._segments(level, r["gs"], r["ge"])
         r["found"] = ids, pages, (owner, t, s, e)    # the write reuses this walk if it can
-        page = _lookup(ids, pages, t) if level != self.fmt.start_level else np.zeros(len(t), np.int64)
+        page = lookup(ids, pages, t) if level != self.fmt.start_level else np.zeros(len(t), np.int64)
         covered = page == -2
         if covered.any():
             i = int(np.argmax(covered))
@@ -443,7 +414,7 @@ class PageTable:
         if len(cut) > len(rows) // TEMPLATE_ROWS:       # no long runs: broadcast in chunks
             for i in range(0, len(rows), ROW_CHUNK):
                 chunk, v = rows[i:i + ROW_CHUNK], vals[i:i + ROW_CHUNK, None]
-                if _follow_on(chunk):
+                if follow_on(chunk):
                     np.add(v, _ROW_OFFSETS * step, out=mem[chunk[0]:chunk[-1] + 1])
                 else:
                     mem[chunk] = v + _ROW_OFFSETS * step
@@ -495,12 +466,6 @@ class PageTable:
             self._templates[step] = np.arange(TEMPLATE_ROWS * ENTRIES, dtype=U64) * step
         return self._templates[step]
 
-    def _rows(self, pages: np.ndarray) -> np.ndarray:
-        """Table rows, as a view when the pages follow on (the common case)."""
-        if _follow_on(pages):
-            return self.pool.mem[pages[0]:pages[-1] + 1]
-        return self.pool.mem[pages]
-
     def _subtree_live(self, level: int, pages: np.ndarray) -> np.ndarray:
         """For each table, whether any leaf below it is valid."""
         owner = np.arange(len(pages))
@@ -536,7 +501,6 @@ class PageTable:
         length = e - s
         # Whole level-3 tables are written as rows; everything else entry by entry.
         full = (length == ENTRIES) & (level == LAST_LEVEL)
-        mem = self.pool.mem
         if full.any():
             rows, vals = flat0[full] // ENTRIES, val0[full]
             if remap:                          # level-3 rows hold pages only: used counts them
@@ -626,7 +590,7 @@ class PageTable:
             rows = page[whole]
             for i in range(0, len(rows), ROW_CHUNK):
                 chunk = rows[i:i + ROW_CHUNK]
-                if _follow_on(chunk):
+                if follow_on(chunk):
                     self.pool.mem[chunk[0]:chunk[-1] + 1] = 0
                 else:
                     self.pool.mem[chunk] = 0
@@ -676,38 +640,3 @@ class PageTable:
                 op.entries(parent_flat[empty])
 
     # -- translate and decode ----------------------------------------------------------
-    def _leaf_chunks(self, level: int):
-        """(entry numbers, descriptors) of the valid leaves of a level, in bounded chunks."""
-        if level == self.fmt.start_level:
-            rows = self.pool.flat[: self.fmt.root_entries]
-            _, is_leaf = self._kinds(level, rows)
-            if level == 0:
-                is_leaf[:] = False
-            g = np.flatnonzero(is_leaf)
-            if len(g):
-                yield g, rows[g]
-            return
-        prefixes, pages = self.pool.tables_of_level(level)
-        for i in range(0, len(pages), ROW_CHUNK // 2):
-            rows = self.pool.mem[pages[i:i + ROW_CHUNK // 2]].reshape(-1)
-            _, is_leaf = self._kinds(level, rows)
-            pos = np.flatnonzero(is_leaf)
-            if len(pos):
-                g = prefixes[i + pos // ENTRIES] * ENTRIES + pos % ENTRIES
-                yield g, rows[pos]
-
-    def _leaf_runs(self, level: int):
-        """Leaves of a level merged into runs, chunk by chunk: (iova, pa, npages, attr bits)."""
-        keep = ~U64(d.OA_MASK_48 | d.DESC_TYPE_MASK)
-        out = []
-        for g, desc in self._leaf_chunks(level):
-            iova = g.astype(U64) << U64(level_shift(level))
-            pa = desc & U64(d.oa_mask(level))
-            attrs = desc & keep
-            npg = np.full(len(g), level_pages(level), np.int64)
-            starts = merge_runs(iova, pa, npg, attrs)
-            out.append((iova[starts], pa[starts], np.add.reduceat(npg, starts), attrs[starts]))
-        if not out:
-            z = np.zeros(0, U64)
-            return z, z, np.zeros(0, np.int64), z
-        return tuple(np.concatenate(x) for x in zip(*out))

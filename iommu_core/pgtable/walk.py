@@ -16,7 +16,14 @@ from functools import cached_property
 import numpy as np
 
 from . import descriptors as d
-from .format import ENTRIES, ENTRIES_SHIFT, GRANULE_SHIFT, LAST_LEVEL, Format, level_shift
+from .format import (
+    ENTRIES,
+    ENTRIES_SHIFT,
+    GRANULE_SHIFT,
+    LAST_LEVEL,
+    Format,
+    level_shift,
+)
 
 U64 = np.uint64
 CHUNK = 1 << 15                      # addresses per step: the step's arrays fit a 512 KiB L2

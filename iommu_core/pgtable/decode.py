@@ -1,0 +1,72 @@
+"""Reading a table back: its leaves, and the fewest extents that describe them.
+
+Tables are read level by level in bounded chunks, so decoding a 64 GiB mapping
+never holds one array entry per page of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import descriptors as d
+from .extents import Extents, merge_runs
+from .format import ENTRIES, level_pages, level_shift
+
+U64 = np.uint64
+CHUNK_TABLES = 1024
+
+
+def _is_leaf(level: int, desc: np.ndarray) -> np.ndarray:
+    if level == 0:                       # no level-0 blocks with a 4 KiB granule
+        return np.zeros(len(desc), bool)
+    return (desc & U64(d.DESC_TYPE_MASK)) == U64(d.leaf_type(level))
+
+
+def leaf_chunks(pt, level: int):
+    """(entry numbers, descriptors) of the valid leaves of a level, chunk by chunk."""
+    if level == pt.fmt.start_level:
+        rows = pt.pool.flat[: pt.fmt.root_entries]
+        g = np.flatnonzero(_is_leaf(level, rows))
+        if len(g):
+            yield g, rows[g]
+        return
+    prefixes, pages = pt.pool.tables_of_level(level)
+    for i in range(0, len(pages), CHUNK_TABLES):
+        rows = pt.pool.mem[pages[i:i + CHUNK_TABLES]].reshape(-1)
+        pos = np.flatnonzero(_is_leaf(level, rows))
+        if len(pos):
+            yield prefixes[i + pos // ENTRIES] * ENTRIES + pos % ENTRIES, rows[pos]
+
+
+def leaves(pt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every valid leaf: (iova, level, descriptor), sorted by iova."""
+    out = [(g.astype(U64) << U64(level_shift(level)), np.full(len(g), level, np.int8), desc)
+           for level in pt.fmt.levels for g, desc in leaf_chunks(pt, level)]
+    if not out:
+        return np.zeros(0, U64), np.zeros(0, np.int8), np.zeros(0, U64)
+    iova, lvl, desc = (np.concatenate(x) for x in zip(*out))
+    order = np.argsort(iova, kind="stable")
+    return iova[order], lvl[order], desc[order]
+
+
+def _runs(iova, pa, npg, attrs):
+    starts = merge_runs(iova, pa, npg, attrs)
+    return iova[starts], pa[starts], np.add.reduceat(npg, starts), attrs[starts]
+
+
+def mappings(pt) -> Extents:
+    """The table as the fewest extents: adjacent leaves with equal attributes merged."""
+    keep = ~U64(d.OA_MASK_48 | d.DESC_TYPE_MASK)       # attribute bits, whatever the leaf size
+    parts = []
+    for level in pt.fmt.levels:
+        for g, desc in leaf_chunks(pt, level):
+            npg = np.full(len(g), level_pages(level), np.int64)
+            parts.append(_runs(g.astype(U64) << U64(level_shift(level)), desc & U64(d.oa_mask(level)),
+                               npg, desc & keep))
+    if not parts:
+        return Extents.empty()
+    iova, pa, npg, attrs = (np.concatenate(x) for x in zip(*parts))
+    order = np.argsort(iova, kind="stable")
+    iova, pa, npg, attrs = _runs(iova[order], pa[order], npg[order], attrs[order])
+    perm, memtype, sw = d.decode_leaf(pt.fmt, attrs)
+    return Extents(iova, pa, npg, perm, memtype, sw)
