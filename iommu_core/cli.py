@@ -80,6 +80,25 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_image(args: argparse.Namespace) -> int:
+    from .pgtable import PageTable
+
+    try:
+        pt = PageTable.load(args.path)
+    except FileNotFoundError as e:
+        raise ValueError(f"no such image: {e.filename}") from None
+    fmt, ext = pt.fmt, pt.mappings()
+    print(f"{args.path}: {fmt.name}, stage {fmt.stage}, {fmt.ia_bits}-bit input, {fmt.oa_bits}-bit output, "
+          f"root {pt.root:#x} at level {fmt.start_level}; {len(ext)} extents, {ext.total_pages:,} pages, "
+          f"{pt.table_bytes:,} table bytes")
+    rows = [{"iova": f"{v:#x}", "pa": f"{p:#x}", "pages": n, "perm": perm, "memtype": mem, "sw": sw}
+            for v, p, n, perm, mem, sw in ext.to_records()[: args.limit]]
+    _print_rows(rows, [(k, k) for k in ("iova", "pa", "pages", "perm", "memtype", "sw")])
+    if len(ext) > args.limit:
+        print(f"... {len(ext) - args.limit} more (--limit)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="iommu-bench",
@@ -107,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", metavar="FILE", help="also write one JSON object per table to FILE")
     t.add_argument("--no-verify", action="store_true", help="skip decoding and sampled translation")
     t.set_defaults(func=cmd_tables)
+
+    i = sub.add_parser(
+        "image", help="list the mappings of an exported table image",
+        description="Load a raw table image (PATH.bin with its PATH.json manifest, as `tables --export` "
+                    "or PageTable.export writes them), check every table pointer, and list the "
+                    "mappings it holds as the fewest extents.")
+    i.add_argument("path", help="the image: PATH, PATH.bin or PATH.json")
+    i.add_argument("--limit", type=_positive_int, default=50, help="extents to print (default 50)")
+    i.set_defaults(func=cmd_image)
     return p
 
 

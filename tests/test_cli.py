@@ -70,3 +70,14 @@ def test_argparse_refuses_bad_values(argv, capsys):
         main(argv)
     assert e.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_image_lists_an_exported_table(tmp_path, capsys):
+    main(["tables", "--guest-mib", "64", "--chunk-kib", "4", "--formats", "p2m-s2-40", "--leaf", "auto",
+          "--export", str(tmp_path)])
+    capsys.readouterr()
+    assert main(["image", str(tmp_path / "p2m-s2-40-auto.bin"), "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "p2m-s2-40, stage 2, 40-bit input" in out and "16,384 pages" in out and "more (--limit)" in out
+    assert main(["image", str(tmp_path / "missing")]) == 2
+    assert "no such image" in capsys.readouterr().err
