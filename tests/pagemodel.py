@@ -22,10 +22,16 @@ class DictModel:
             for p in range(iova // PAGE, iova // PAGE + n):
                 self.pages.pop(p, None)
 
-    def records(self) -> list[tuple[int, int, int, str, str, int]]:
-        """Maximal runs: consecutive pages whose output follows on with the same attributes."""
+    def records(self, ranges=None) -> list[tuple[int, int, int, str, str, int]]:
+        """Maximal runs: consecutive pages whose output follows on with the same attributes.
+
+        ranges: optional (iova, npages) pairs; only the pages inside them count."""
+        pages = sorted(self.pages)
+        if ranges is not None:
+            inside = {p for iova, n in ranges for p in range(iova // PAGE, iova // PAGE + n)}
+            pages = [p for p in pages if p in inside]
         runs: list[list] = []
-        for p in sorted(self.pages):
+        for p in pages:
             out, perm, memtype, sw = self.pages[p]
             last = runs[-1] if runs else None
             if (last and last[0] // PAGE + last[2] == p and last[1] // PAGE + last[2] == out

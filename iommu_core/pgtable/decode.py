@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import descriptors as d
+from .arrays import ragged
 from .extents import Extents, merge_runs
-from .format import ENTRIES, level_pages, level_shift
+from .format import ENTRIES, GRANULE_SHIFT, level_pages, level_shift
 
 U64 = np.uint64
 CHUNK_TABLES = 1024
@@ -22,8 +23,19 @@ def _is_leaf(level: int, desc: np.ndarray) -> np.ndarray:
     return (desc & U64(d.DESC_TYPE_MASK)) == U64(d.leaf_type(level))
 
 
-def leaf_chunks(pt, level: int):
-    """(entry numbers, descriptors) of the valid leaves of a level, chunk by chunk."""
+def _touches(first: np.ndarray, stop: np.ndarray, ranges) -> np.ndarray:
+    """Which page spans [first, stop) meet any of the sorted, disjoint page ranges."""
+    s, e = ranges
+    k = np.searchsorted(e, first, side="right")          # the first range ending after `first`
+    return (k < len(s)) & (s[np.minimum(k, len(s) - 1)] < stop)
+
+
+def leaf_chunks(pt, level: int, ranges=None):
+    """(entry numbers, descriptors) of the valid leaves of a level, chunk by chunk.
+
+    ranges: optional (starts, ends) of sorted disjoint page ranges; tables that
+    lie outside all of them are not read.
+    """
     if level == pt.fmt.start_level:
         rows = pt.pool.flat[: pt.fmt.root_entries]
         g = np.flatnonzero(_is_leaf(level, rows))
@@ -31,6 +43,10 @@ def leaf_chunks(pt, level: int):
             yield g, rows[g]
         return
     prefixes, pages = pt.pool.tables_of_level(level)
+    if ranges is not None:
+        span = ENTRIES * level_pages(level)
+        keep = _touches(prefixes * span, (prefixes + 1) * span, ranges)
+        prefixes, pages = prefixes[keep], pages[keep]
     for i in range(0, len(pages), CHUNK_TABLES):
         rows = pt.pool.mem[pages[i:i + CHUNK_TABLES]].reshape(-1)
         pos = np.flatnonzero(_is_leaf(level, rows))
@@ -54,15 +70,35 @@ def _runs(iova, pa, npg, attrs):
     return iova[starts], pa[starts], np.add.reduceat(npg, starts), attrs[starts]
 
 
-def mappings(pt) -> Extents:
-    """The table as the fewest extents: adjacent leaves with equal attributes merged."""
+def _clip(first: np.ndarray, npg: np.ndarray, pa: np.ndarray, attrs: np.ndarray, ranges):
+    """Cut leaves (first page, pages, output address) to the parts inside the ranges."""
+    s, e = ranges
+    lo = np.searchsorted(e, first, side="right")
+    hi = np.searchsorted(s, first + npg, side="left")
+    leaf, k = ragged(np.maximum(hi - lo, 0))
+    r = lo[leaf] + k
+    start = np.maximum(first[leaf], s[r])
+    stop = np.minimum(first[leaf] + npg[leaf], e[r])
+    out = pa[leaf] + ((start - first[leaf]).astype(U64) << U64(GRANULE_SHIFT))
+    return start, stop - start, out, attrs[leaf]
+
+
+def mappings(pt, ranges=None) -> Extents:
+    """The table as the fewest extents: adjacent leaves with equal attributes merged.
+
+    ranges: optional (starts, ends) of sorted disjoint page ranges to decode
+    only; leaves that straddle a range's edge are cut at it.
+    """
     keep = ~U64(d.OA_MASK_48 | d.DESC_TYPE_MASK)       # attribute bits, whatever the leaf size
     parts = []
     for level in pt.fmt.levels:
-        for g, desc in leaf_chunks(pt, level):
+        for g, desc in leaf_chunks(pt, level, ranges):
+            first = g * level_pages(level)
             npg = np.full(len(g), level_pages(level), np.int64)
-            parts.append(_runs(g.astype(U64) << U64(level_shift(level)), desc & U64(d.oa_mask(level)),
-                               npg, desc & keep))
+            pa, attrs = desc & U64(d.oa_mask(level)), desc & keep
+            if ranges is not None:
+                first, npg, pa, attrs = _clip(first, npg, pa, attrs, ranges)
+            parts.append(_runs(first.astype(U64) << U64(GRANULE_SHIFT), pa, npg, attrs))
     if not parts:
         return Extents.empty()
     iova, pa, npg, attrs = (np.concatenate(x) for x in zip(*parts))

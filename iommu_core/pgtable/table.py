@@ -127,9 +127,16 @@ class PageTable:
                               f"range of {self.fmt.name}", i)
         return walk.translate(self.pool, self.fmt, a.astype(U64))
 
-    def mappings(self) -> Extents:
-        """The table decoded into the fewest extents (adjacent leaves with equal attributes merged)."""
-        return decode.mappings(self)
+    def mappings(self, iova=None, npages=None) -> Extents:
+        """The table decoded into the fewest extents (adjacent leaves with equal attributes merged).
+
+        With iova and npages (scalars or arrays, like unmap's), only those input
+        ranges are decoded, and extents are cut at their edges.
+        """
+        if iova is None and npages is None:
+            return decode.mappings(self)
+        b = unmap_batch(self.fmt, iova, npages)
+        return decode.mappings(self, (b.in_page, b.in_page + b.npages))
 
     def leaves(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every valid leaf: (iova, level, descriptor), sorted by iova."""
