@@ -1,0 +1,1 @@
+"""The Xen model: P2M, IOMMU drivers, policies, domains and hosts."""

@@ -1,0 +1,266 @@
+"""A domain: its P2M, the IOMMU its policy gives it, its devices, and its life cycle.
+
+Every life-cycle step is a batch of P2M updates; `update` applies one, lets the
+IOMMU follow it as the policy says, checks the invariant over what it touched,
+and returns the modelled CPU time and the IOTLB invalidations it queued.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..pgtable.format import GRANULE
+from . import intervals as iv
+from . import invariant
+from .iommu import SharedIommu, UnsharedIommu
+from .p2m import P2M
+
+MIB = 1 << 20
+GIB = 1 << 30
+# Xen's guest memory map on ARM (xen/include/public/arch-arm.h).
+GUEST_RAM0 = (0x4000_0000 >> 12, (3 * GIB) >> 12)          # (first GFN, pages)
+GUEST_RAM1_GFN = 0x2_0000_0000 >> 12
+GUEST_GNTTAB_GFN = 0x3800_0000 >> 12
+GUEST_MAGIC_GFN = 0x3900_0000 >> 12
+MAGIC_PAGES = 4                                               # console, xenstore, ...
+DOM0_FOREIGN_GFN = 0x80_0000_0000 >> 12                       # where dom0 maps guests' pages (backends)
+POLICIES = ("eager", "lazy", "declared", "shared")
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """What a domain is and does: its RAM, devices (at creation and hot-plugged), sharing."""
+
+    name: str
+    kind: str
+    ram_bytes: int
+    passthrough: bool = False            # created with the passthrough flag (XEN_DOMCTL_CDF_iommu)
+    devices: tuple[str, ...] = ()        # assigned at creation
+    hotplug: tuple[str, ...] = ()        # assigned once booted
+    grant_pages: int = 0                 # pages a backend (dom0) maps from this domain
+    grant_frames: int = 32
+    balloon_bytes: int = 0               # ballooned out, then back in
+    destroy: bool = False
+
+    def __post_init__(self):
+        if self.ram_bytes <= 0 or self.ram_bytes % GRANULE:
+            raise ValueError(f"domain {self.name!r}: ram_bytes must be a positive multiple of 4 KiB, "
+                             f"got {self.ram_bytes}")
+        if self.balloon_bytes < 0 or self.balloon_bytes % GRANULE or self.balloon_bytes > self.ram_bytes:
+            raise ValueError(f"domain {self.name!r}: balloon_bytes {self.balloon_bytes} must be a multiple of "
+                             f"4 KiB within its RAM")
+
+
+@dataclass
+class DomainCounts:
+    p2m_calls: int = 0
+    tlb_flushes: int = 0
+    assign_refused_context: int = 0
+    assign_refused_undeclared: int = 0
+    mismatches: int = 0
+    peak_p2m_bytes: int = 0
+    peak_iommu_bytes: int = 0
+    p2m_pages_mapped: int = 0
+    assign_ns: list = field(default_factory=list)
+    boot_ns: float = 0.0
+    teardown_ns: float = 0.0
+    inv_wait_ns: float = 0.0
+
+
+def guest_ram_gfns(first_page: int, npages: int) -> tuple[np.ndarray, np.ndarray]:
+    """GFN runs for guest RAM pages [first_page, first_page + npages): RAM0 first, then RAM1."""
+    ram0_gfn, ram0_pages = GUEST_RAM0
+    starts, counts = [], []
+    if first_page < ram0_pages:
+        n = min(npages, ram0_pages - first_page)
+        starts.append(ram0_gfn + first_page)
+        counts.append(n)
+        first_page, npages = first_page + n, npages - n
+    if npages:
+        starts.append(GUEST_RAM1_GFN + first_page - ram0_pages)
+        counts.append(npages)
+    return np.array(starts, np.int64), np.array(counts, np.int64)
+
+
+def place(gfn_runs: tuple[np.ndarray, np.ndarray], mfn: np.ndarray, mcount: np.ndarray):
+    """Lay machine extents in order onto GFN runs: (gfn, mfn, count) extents."""
+    g_start, g_count = gfn_runs
+    # Cut both sides at every boundary of either, in units of "pages so far".
+    g_edges = np.cumsum(g_count)
+    m_edges = np.cumsum(mcount)
+    edges = np.union1d(g_edges, m_edges)
+    starts = np.concatenate(([0], edges[:-1]))
+    gi = np.searchsorted(g_edges, starts, side="right")
+    mi = np.searchsorted(m_edges, starts, side="right")
+    g_off = starts - np.concatenate(([0], g_edges[:-1]))[gi]
+    m_off = starts - np.concatenate(([0], m_edges[:-1]))[mi]
+    return g_start[gi] + g_off, mfn[mi] + m_off, edges - starts
+
+
+class Domain:
+    def __init__(self, host, domid: int, spec: DomainSpec):
+        self.host, self.domid, self.spec = host, domid, spec
+        self.name = spec.name
+        self.p2m = P2M(host.p2m_format)
+        self.iommu = None
+        self.devices: set[str] = set()
+        self.ever_devices: set[str] = set()
+        self.counts = DomainCounts()
+        self.ram = (np.zeros(0, np.int64),) * 3      # (gfn, mfn, count) of RAM backed by host memory
+        self.xen_pages = (np.zeros(0, np.int64),) * 2  # (mfn, count) of grant / magic pages
+        self.ram_pages = 0
+        self.alive = True
+
+    @property
+    def policy(self) -> str:
+        return self.host.policy
+
+    # -- the IOMMU a policy gives ---------------------------------------------
+    def _new_iommu(self):
+        if self.policy == "shared":
+            return SharedIommu(self.p2m, self.host.costs)
+        return UnsharedIommu(self.host.iommu_format, self.host.api, self.host.costs)
+
+    def create(self) -> tuple[float, int]:
+        if self.policy == "eager" or (self.policy == "declared" and self.spec.passthrough):
+            self.iommu = self._new_iommu()
+        return 0.0, 0
+
+    # -- P2M updates -------------------------------------------------------------
+    def update(self, gfn, mfn, nr, p2m_type) -> tuple[float, int]:
+        """One P2M batch, followed by the IOMMU; (modelled CPU ns, IOTLB invalidations)."""
+        c = self.host.costs
+        inv_before = self.iommu.counts.invalidations if self.iommu else 0
+        change = self.p2m.set_entry(gfn, mfn, nr, p2m_type)
+        st = change.stats
+        ns = (len(change.mapped[0]) + len(change.unmapped[0])) * c.p2m_call_ns \
+            + st.get("descriptors_written", 0) * c.map_page_ns + st.get("tables_allocated", 0) * c.table_alloc_ns
+        self.counts.p2m_calls += len(change.mapped[0]) + len(change.unmapped[0])
+        if change.live_changed:                     # break-before-make: flush the stage-2 TLB
+            self.counts.tlb_flushes += 1
+            ns += c.tlb_flush_ns
+        if self.iommu is not None and (self.iommu.kind == "unshared" or self.devices):
+            ns += self.iommu.follow(change)
+            if self.host.check:
+                self._check(change.touched)
+        self._peaks()
+        inv = (self.iommu.counts.invalidations if self.iommu else 0) - inv_before
+        return ns - inv * c.iotlb_inv_ns, inv
+
+    def _check(self, gfn_ranges) -> None:
+        try:
+            invariant.check(self.name, self.iommu, self.p2m, gfn_ranges)
+        except invariant.InvariantError:
+            self.counts.mismatches += 1
+            raise
+
+    def check_all(self) -> None:
+        if self.iommu is not None and self.alive:
+            ext = self.p2m.entries()
+            self._check(iv.normalize(ext.iova.astype(np.int64) // GRANULE, ext.npages))
+
+    def _peaks(self) -> None:
+        k = self.counts
+        k.peak_p2m_bytes = max(k.peak_p2m_bytes, self.p2m.pt.table_bytes)
+        if self.iommu is not None:
+            k.peak_iommu_bytes = max(k.peak_iommu_bytes, self.iommu.table_bytes)
+
+    # -- life-cycle steps ----------------------------------------------------------
+    def populate_ram(self, npages: int) -> tuple[float, int]:
+        """Allocate host memory for the next npages of guest RAM and map it (one batch)."""
+        mfn, mcount = self.host.memory.alloc(npages, self.domid)
+        gfn, mfn, nr = place(guest_ram_gfns(self.ram_pages, npages), mfn, mcount)
+        self.ram_pages += npages
+        self.ram = tuple(np.concatenate((a, b)) for a, b in zip(self.ram, (gfn, mfn, nr)))
+        self.counts.p2m_pages_mapped += npages
+        return self.update(gfn, mfn, nr, "ram_rw")
+
+    def map_direct(self, gfn: np.ndarray, nr: np.ndarray, p2m_type: str) -> tuple[float, int]:
+        """Map GFN == MFN (dom0's RAM, and MMIO of every domain)."""
+        self.counts.p2m_pages_mapped += int(np.sum(nr))
+        return self.update(gfn, gfn, nr, p2m_type)
+
+    def map_xen_pages(self) -> tuple[float, int]:
+        """The grant table frames and the magic pages, from Xen's heap."""
+        n = self.spec.grant_frames + MAGIC_PAGES
+        mfn, mcount = self.host.memory.alloc(n, self.domid)
+        self.xen_pages = (mfn, mcount)
+        runs = (np.array([GUEST_GNTTAB_GFN, GUEST_MAGIC_GFN]), np.array([self.spec.grant_frames, MAGIC_PAGES]))
+        gfn, mfn, nr = place(runs, mfn, mcount)
+        return self.update(gfn, mfn, nr, "ram_rw")
+
+    def assign(self, device: str, mmio: tuple[np.ndarray, np.ndarray]) -> tuple[float, int] | None:
+        """Give the domain a device (None if refused): context, IOMMU table as the policy says, MMIO."""
+        if self.policy == "declared" and not self.spec.passthrough:
+            self.counts.assign_refused_undeclared += 1
+            return None
+        if not self.host.contexts.acquire(self.domid):
+            self.counts.assign_refused_context += 1
+            return None
+        ns = 0.0
+        if self.iommu is None:                  # lazy: build the table now from the whole P2M
+            self.iommu = self._new_iommu()
+            ns += self.iommu.populate(self.p2m)
+            self._peaks()
+            if self.host.check:
+                self.check_all()
+        inv_before = self.iommu.counts.invalidations
+        self.devices.add(device)
+        self.ever_devices.add(device)
+        step_ns, inv = self.map_direct(mmio[0], mmio[1], "mmio_direct_dev")
+        populate_inv = self.iommu.counts.invalidations - inv_before - inv
+        return ns + step_ns - populate_inv * self.host.costs.iotlb_inv_ns, inv + populate_inv
+
+    def deassign(self, device: str, mmio: tuple[np.ndarray, np.ndarray]) -> tuple[float, int]:
+        ns, inv = self.update(mmio[0], mmio[0], mmio[1], "invalid")
+        self.devices.discard(device)
+        if not self.devices:
+            self.host.contexts.release(self.domid)
+        return ns, inv
+
+    def map_foreign(self, gfn: np.ndarray, mfn: np.ndarray, nr: np.ndarray) -> tuple[float, int]:
+        self.counts.p2m_pages_mapped += int(np.sum(nr))
+        return self.update(gfn, mfn, nr, "map_foreign_rw")
+
+    def balloon_out(self, npages: int) -> tuple[float, int]:
+        """Give back the last npages of RAM to the host."""
+        gfn, mfn, nr = self.ram
+        ends = np.cumsum(nr[::-1])
+        k = int(np.searchsorted(ends, npages)) + 1           # extents from the end that cover npages
+        take = np.zeros(len(nr), np.int64)
+        take[len(nr) - k:] = nr[len(nr) - k:]
+        over = int(take.sum()) - npages
+        take[len(nr) - k] -= over                           # the first of them only in part (its tail)
+        g = gfn + nr - take
+        m = mfn + nr - take
+        sel = take > 0
+        ns, inv = self.update(g[sel], 0, take[sel], "invalid")
+        self.host.memory.free(m[sel], take[sel], self.domid)
+        keep = nr - take
+        self.ram = (gfn[keep > 0], mfn[keep > 0], keep[keep > 0])
+        self.ram_pages -= npages
+        return ns, inv
+
+    def teardown(self) -> tuple[float, int]:
+        """Destroy: every table and page goes back; the context is released."""
+        c = self.host.costs
+        st = self.p2m.stats()
+        ns = st["tables"] * c.table_alloc_ns
+        if self.iommu is not None and self.iommu.kind == "unshared":
+            s = self.iommu.pt.stats()
+            self.iommu.counts.tables_freed += s["tables"]
+            ns += s["tables"] * c.table_alloc_ns
+        mfn = np.concatenate((self.ram[1], self.xen_pages[0]))
+        cnt = np.concatenate((self.ram[2], self.xen_pages[1]))
+        if len(mfn):
+            self.host.memory.free(mfn, cnt, self.domid)
+        self.ram = (np.zeros(0, np.int64),) * 3
+        self.xen_pages = (np.zeros(0, np.int64),) * 2
+        self.host.contexts.release(self.domid)
+        self.devices.clear()
+        self.final_p2m = st
+        self.final_iommu = self.iommu.pt.stats() if self.iommu is not None and self.iommu.kind == "unshared" else None
+        self.alive = False
+        return ns, 1 if self.iommu is not None else 0

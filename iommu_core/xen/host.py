@@ -1,0 +1,272 @@
+"""A host: its board, machine memory, IPMMU contexts and invalidation queue, and
+many domains booting at once.
+
+Domains run their life-cycle steps in a discrete-event schedule: the domain
+whose clock is earliest goes next (ties broken by a seeded draw). Each step's
+modelled CPU time comes from the work counted; its IOTLB invalidations then
+wait for the host's single invalidation queue, so domains that flush a lot
+delay each other.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..pgtable import Format, PageTable
+from ..pgtable.format import GRANULE
+from .costs import CostModel
+from .domain import DOM0_FOREIGN_GFN, POLICIES, Domain, DomainSpec
+from .iommu import APIS, SHARED_MAX_IPA_BITS, Contexts, NotApplicable
+from .memory import MachineMemory
+from .p2m_types import DMA_PERM_BY_CODE
+
+GIB = 1 << 30
+STEP_BATCH_PAGES = (1 << 30) // GRANULE      # RAM is populated in batches of at most 1 GiB
+
+
+def toolstack_reservation(ram_bytes: int) -> int:
+    """Bytes Xen's toolstack reserves for a domain's unshared IOMMU tables (libxl's estimate)."""
+    pages, total = -(-ram_bytes // GRANULE), 0
+    for _ in range(4):
+        pages = -(-pages // 512)
+        total += pages
+    return total * GRANULE
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    policy: str = "eager"
+    api: str = "batched"
+    iommu_format: str = "ipmmu-s1-39"
+    p2m_format: str = "p2m-s2-40"
+    dom0_mem: int = GIB
+    fragmentation: float = 0.0
+    seed: int = 0
+    check: bool = True                    # the invariant after every step (tests always keep it on)
+    arrival_spread_ns: float = 1e6        # domains start at seeded times within this window
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose from {list(POLICIES)}")
+        if self.api not in APIS:
+            raise ValueError(f"unknown driver API {self.api!r}; choose from {list(APIS)}")
+        Format.preset(self.iommu_format)
+        fmt = Format.preset(self.p2m_format)
+        if fmt.stage != 2:
+            raise ValueError(f"the P2M needs a stage-2 format, got {self.p2m_format}")
+        if self.policy == "shared" and fmt.ia_bits > SHARED_MAX_IPA_BITS:
+            raise NotApplicable(f"policy shared: the IPMMU walks a P2M of at most {SHARED_MAX_IPA_BITS} "
+                                f"input bits, {self.p2m_format} has {fmt.ia_bits}")
+        if self.dom0_mem <= 0 or self.dom0_mem % GRANULE:
+            raise ValueError(f"dom0_mem must be a positive multiple of 4 KiB, got {self.dom0_mem}")
+
+
+class Host:
+    def __init__(self, board, config: HostConfig = HostConfig(), costs: CostModel | None = None):
+        self.board, self.config = board, config
+        self.policy, self.api, self.check = config.policy, config.api, config.check
+        self.iommu_format, self.p2m_format = config.iommu_format, config.p2m_format
+        self.costs = costs or CostModel()
+        self.memory = MachineMemory(board.ram_banks, config.fragmentation, config.seed)
+        self.contexts = Contexts(board.usable_contexts)
+        self.domains: list[Domain] = []
+        self.queue_free = 0.0
+        self.rng = np.random.default_rng(config.seed)
+        self.wall_s = 0.0
+
+    # -- building the plan ---------------------------------------------------------------
+    def _mmio(self, names) -> tuple[np.ndarray, np.ndarray]:
+        regions = [r for n in names for r in self.board.master(n).regions]
+        return (np.array([r.base // GRANULE for r in regions], np.int64),
+                np.array([-(-r.size // GRANULE) for r in regions], np.int64))
+
+    def _dom0_plan(self, dom0: Domain, passed_through: set[str]):
+        steps = [("create", dom0.create)]
+        left, banks = dom0.spec.ram_bytes // GRANULE, []
+        for base, size in self.board.ram_banks:
+            n = min(left, size // GRANULE)
+            if n:
+                banks.append((base // GRANULE, n))
+            left -= n
+        if left:
+            raise ValueError(f"dom0_mem {dom0.spec.ram_bytes} is more than the board's RAM")
+        mfn = np.array([b for b, _ in banks], np.int64)
+        cnt = np.array([n for _, n in banks], np.int64)
+        self.memory.alloc_at(mfn, cnt, dom0.domid)
+        dom0.ram = (mfn.copy(), mfn.copy(), cnt.copy())
+        dom0.ram_pages = int(cnt.sum())
+        for s, n in zip(mfn.tolist(), cnt.tolist()):
+            for k in range(0, n, STEP_BATCH_PAGES):
+                m = min(STEP_BATCH_PAGES, n - k)
+                steps.append(("populate", lambda g=s + k, m=m: dom0.map_direct(np.array([g]), np.array([m]), "ram_rw")))
+        own = [m.name for m in self.board.masters if m.name not in passed_through]
+        regions = [r for m in self.board.masters if m.name not in passed_through for r in m.regions]
+        regions += list(self.board.other_mmio)
+        g = np.array([r.base // GRANULE for r in regions], np.int64)
+        n = np.array([-(-r.size // GRANULE) for r in regions], np.int64)
+        order = np.argsort(g)
+        steps.append(("mmio", lambda: dom0.map_direct(g[order], n[order], "mmio_direct_dev")))
+        none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        for name in own:
+            steps.append(("assign", lambda name=name: dom0.assign(name, none)))
+        return steps
+
+    def _domu_plan(self, d: Domain, dom0: Domain, foreign_cursor: list):
+        spec = d.spec
+        steps = [("create", d.create)]
+        pages = spec.ram_bytes // GRANULE
+        for k in range(0, pages, STEP_BATCH_PAGES):
+            steps.append(("populate", lambda m=min(STEP_BATCH_PAGES, pages - k): d.populate_ram(m)))
+        steps.append(("xen-pages", d.map_xen_pages))
+        for name in spec.devices:
+            steps.append(("assign", lambda name=name: d.assign(name, self._mmio([name]))))
+        if spec.grant_pages:
+            gfn0 = foreign_cursor[0]
+            foreign_cursor[0] += spec.grant_pages
+            steps.append(("backend", lambda: self._backend_map(d, dom0, gfn0)))
+        steps.append(("booted", None))
+        if spec.balloon_bytes:
+            n = spec.balloon_bytes // GRANULE
+            steps.append(("balloon-out", lambda: d.balloon_out(n)))
+            steps.append(("balloon-in", lambda: d.populate_ram(n)))
+        for name in spec.hotplug:
+            steps.append(("assign", lambda name=name: d.assign(name, self._mmio([name]))))
+        if spec.destroy:
+            steps.append(("destroy", lambda: self._destroy(d, dom0)))
+        return steps
+
+    def _backend_map(self, d: Domain, dom0: Domain, gfn0: int):
+        """dom0's backend maps the first grant_pages of the guest's RAM (foreign mappings)."""
+        gfn, mfn, nr = d.ram
+        ends = np.cumsum(nr)
+        k = int(np.searchsorted(ends, d.spec.grant_pages)) + 1
+        cnt = nr[:k].copy()
+        cnt[-1] -= int(ends[k - 1]) - d.spec.grant_pages
+        d.backend = (gfn0 + np.concatenate(([0], np.cumsum(cnt)[:-1])), cnt)
+        return dom0.map_foreign(d.backend[0], mfn[:k], cnt)
+
+    def _destroy(self, d: Domain, dom0: Domain):
+        ns, inv = 0.0, 0
+        if getattr(d, "backend", None) is not None:
+            ns, inv = dom0.update(d.backend[0], 0, d.backend[1], "invalid")
+        d.final_min_iommu_bytes = self._min_iommu_bytes(d)
+        t_ns, t_inv = d.teardown()
+        return ns + t_ns, inv + t_inv
+
+    # -- running -------------------------------------------------------------------
+    def run(self, specs: list[DomainSpec]) -> list[dict]:
+        """Boot dom0 and the domains at once; run every step; return one record per domain."""
+        start = time.perf_counter()
+        if not specs or specs[0].kind != "dom0":
+            raise ValueError("the first domain spec must be dom0 (kind 'dom0')")
+        passed = {name for s in specs[1:] for name in (*s.devices, *s.hotplug)}
+        unknown = sorted(passed - {m.name for m in self.board.masters})
+        if unknown:
+            raise ValueError(f"device {unknown[0]!r} is not on board {self.board.name}")
+        self.domains = [Domain(self, i, s) for i, s in enumerate(specs)]
+        dom0 = self.domains[0]
+        cursor = [DOM0_FOREIGN_GFN]
+        plans = [self._dom0_plan(dom0, passed)] + [self._domu_plan(d, dom0, cursor) for d in self.domains[1:]]
+        arrival = np.concatenate(([0.0], self.rng.uniform(0, self.config.arrival_spread_ns, len(specs) - 1)))
+        clock = arrival.copy()
+        heap = [(clock[i], self.rng.random(), i, 0) for i in range(len(specs))]
+        heapq.heapify(heap)
+        while heap:
+            _, _, i, k = heapq.heappop(heap)
+            d, (label, step) = self.domains[i], plans[i][k]
+            t0 = clock[i]
+            if step is not None:
+                out = step()
+                if out is not None:
+                    ns, inv = out
+                    t1 = t0 + ns
+                    begin = max(t1, self.queue_free) if inv else t1
+                    d.counts.inv_wait_ns += begin - t1
+                    clock[i] = begin + inv * self.costs.iotlb_inv_ns
+                    if inv:
+                        self.queue_free = clock[i]
+                    if label == "assign":
+                        d.counts.assign_ns.append(clock[i] - t0)
+                    elif label == "destroy":
+                        d.counts.teardown_ns = clock[i] - t0
+            if label == "booted" or (i == 0 and k == len(plans[0]) - 1):
+                d.counts.boot_ns = clock[i] - arrival[i]
+            if k + 1 < len(plans[i]):
+                heapq.heappush(heap, (clock[i], self.rng.random(), i, k + 1))
+        if self.check:
+            for d in self.domains:
+                d.check_all()
+        self.wall_s = time.perf_counter() - start
+        return [self.record(d) for d in self.domains]
+
+    # -- what a run measured ----------------------------------------------------------
+    def _min_iommu_bytes(self, d: Domain) -> int:
+        """Table bytes of the fewest tables that hold the domain's DMA view with blocks, in one batch."""
+        if d.iommu is None or d.iommu.kind != "unshared":
+            return 0
+        ext = d.p2m.entries()
+        dma = DMA_PERM_BY_CODE[ext.sw] != 0
+        pt = PageTable(self.iommu_format)
+        lim = pt.fmt.ia_pages
+        gfn = ext.iova[dma].astype(np.int64) // GRANULE
+        n = np.clip(lim - gfn, 0, ext.npages[dma])
+        keep = n > 0
+        if keep.any():
+            pt.map(gfn[keep] * GRANULE, ext.pa[dma][keep], n[keep], leaf="auto")
+        return pt.table_bytes
+
+    def record(self, d: Domain) -> dict:
+        cfg, k = self.config, d.counts
+        iommu = d.iommu.counts if d.iommu is not None else None
+        unshared = d.iommu is not None and d.iommu.kind == "unshared"
+        p2m = d.p2m.stats() if d.alive else d.final_p2m
+        ist = (d.iommu.pt.stats() if d.alive else d.final_iommu) if unshared else None
+        min_bytes = self._min_iommu_bytes(d) if d.alive else getattr(d, "final_min_iommu_bytes", 0)
+        reserve = toolstack_reservation(d.spec.ram_bytes)
+        devices = len(d.ever_devices)
+        total_wall = self.wall_s
+        rec = {
+            "policy": cfg.policy, "api": cfg.api, "format": cfg.iommu_format, "p2m_format": cfg.p2m_format,
+            "domain": "dom0" if d.domid == 0 else d.name, "domid": d.domid, "kind": d.spec.kind,
+            "ram_bytes": d.spec.ram_bytes, "host_ram_bytes": self.board.ram_bytes, "devices": devices,
+            "passthrough_flag": d.spec.passthrough, "destroyed": not d.alive,
+            "iommu_table_bytes": k.peak_iommu_bytes, "p2m_table_bytes": k.peak_p2m_bytes,
+            "iommu_table_bytes_final": ist["table_bytes"] if ist and d.alive else 0,
+            "p2m_table_bytes_final": p2m["table_bytes"] if d.alive else 0,
+            "iommu_tables_by_level": {str(a): b for a, b in ist["tables_by_level"].items()} if ist else {},
+            "p2m_tables_by_level": {str(a): b for a, b in p2m["tables_by_level"].items()},
+            "iommu_min_table_bytes": min_bytes,
+            "toolstack_reserved_bytes": reserve,
+            "iommu_used_over_reserved": k.peak_iommu_bytes / reserve,
+            "iommu_bytes_over_ram": k.peak_iommu_bytes / d.spec.ram_bytes,
+            "calls": iommu.calls if iommu else 0,
+            "descriptors_written": iommu.descriptors_written if iommu else 0,
+            "tables_allocated": iommu.tables_allocated if iommu else 0,
+            "tables_freed": iommu.tables_freed if iommu else 0,
+            "block_splits": iommu.block_splits if iommu else 0,
+            "invalidations": iommu.invalidations if iommu else 0,
+            "cache_lines_cleaned": iommu.cache_lines_cleaned if iommu else 0,
+            "populate_pages": iommu.populate_pages if iommu else 0,
+            "unreachable_pages": iommu.unreachable_pages if iommu else 0,
+            "assign_refused_context": k.assign_refused_context,
+            "assign_refused_undeclared": k.assign_refused_undeclared,
+            "p2m_calls": k.p2m_calls, "p2m_descriptors_written": p2m["descriptors_written"],
+            "p2m_tables_allocated": p2m["tables_allocated"], "p2m_block_splits": p2m["block_splits"],
+            "tlb_flushes": k.tlb_flushes,
+            "boot_ns": k.boot_ns, "assign_ns": max(k.assign_ns, default=0.0), "teardown_ns": k.teardown_ns,
+            "inv_wait_ns": k.inv_wait_ns,
+            "map_lat_mean_us": iommu.map_latency.mean_us() if iommu else 0.0,
+            "map_lat_std_us": iommu.map_latency.std_us() if iommu else 0.0,
+            "unmap_lat_mean_us": iommu.unmap_latency.mean_us() if iommu else 0.0,
+            "unmap_lat_std_us": iommu.unmap_latency.std_us() if iommu else 0.0,
+            "mismatches": k.mismatches,
+            "seed": cfg.seed,
+            "host_wall_s": total_wall,
+            "sim_pages_per_wall_s": sum(x.counts.p2m_pages_mapped for x in self.domains) / total_wall
+            if total_wall else 0.0,
+        }
+        return rec

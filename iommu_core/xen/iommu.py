@@ -1,0 +1,253 @@
+"""IOMMU drivers as the hypervisor drives them: an unshared one with its own
+stage-1 table (IPMMU-like), a shared one that walks the P2M, and the IPMMU's
+scarce translation contexts.
+
+The driver API changes what is counted and charged, not how the table is
+computed: a `per-page` driver is simulated with the same batched engine calls
+as a `batched` one, and its per-page calls, flushes and cache cleans are
+counted from what the engine did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..pgtable import Extents, Format, PageTable
+from ..pgtable.accounting import LINES_PER_TABLE
+from ..pgtable.descriptors import MEMTYPE_NAMES, PERM_NAMES
+from ..pgtable.format import ENTRIES_PER_LINE, GRANULE
+from .costs import CostModel
+from .p2m import P2M, Change, translation_view
+from .p2m_types import DMA_PERM_BY_CODE, MEMTYPE_BY_CODE
+
+APIS = ("per-page", "batched", "blocks")
+IOMMU_BASE = 0x48_0000_0000           # where the model puts IOMMU table pages
+SHARED_MAX_IPA_BITS = 40              # the IPMMU can walk a P2M of at most 40 bits (2 concatenated roots)
+
+
+class NotApplicable(ValueError):
+    """A policy / driver / format combination the hardware cannot do."""
+
+
+class Contexts:
+    """One IPMMU's translation contexts: a domain with devices on it holds one."""
+
+    def __init__(self, usable: int):
+        if usable < 0:
+            raise ValueError(f"usable contexts must be >= 0, got {usable}")
+        self.usable = usable
+        self.holders: set[int] = set()
+
+    def acquire(self, domid: int) -> bool:
+        if domid in self.holders:
+            return True
+        if len(self.holders) >= self.usable:
+            return False
+        self.holders.add(domid)
+        return True
+
+    def release(self, domid: int) -> None:
+        self.holders.discard(domid)
+
+
+@dataclass
+class Latency:
+    """Running sums of modelled per-call latencies, read as dma_map_benchmark reports them."""
+
+    n: int = 0
+    total: float = 0.0
+    squares: float = 0.0
+
+    def add(self, ns: np.ndarray) -> None:
+        self.n += len(ns)
+        self.total += float(ns.sum())
+        self.squares += float((ns * ns).sum())
+
+    def mean_us(self) -> float:
+        return self.total / self.n / 1000 if self.n else 0.0
+
+    def std_us(self) -> float:
+        if not self.n:
+            return 0.0
+        mean = self.total / self.n
+        return max(self.squares / self.n - mean * mean, 0.0) ** 0.5 / 1000
+
+
+@dataclass
+class IommuCounts:
+    calls: int = 0
+    invalidations: int = 0
+    cache_lines_cleaned: int = 0
+    descriptors_written: int = 0
+    tables_allocated: int = 0
+    tables_freed: int = 0
+    block_splits: int = 0
+    pages_mapped: int = 0
+    pages_unmapped: int = 0
+    unreachable_pages: int = 0
+    populate_pages: int = 0
+    map_latency: Latency = field(default_factory=Latency)
+    unmap_latency: Latency = field(default_factory=Latency)
+
+
+class UnsharedIommu:
+    """A second table in the IOMMU's stage-1 format, kept in sync by map/unmap calls."""
+
+    kind = "unshared"
+
+    def __init__(self, fmt: Format | str = "ipmmu-s1-39", api: str = "batched", costs: CostModel | None = None,
+                 base: int = IOMMU_BASE):
+        if api not in APIS:
+            raise ValueError(f"unknown driver API {api!r}; choose from {list(APIS)}")
+        self.pt = PageTable(fmt, base=base)
+        if self.pt.fmt.stage != 1:
+            raise ValueError(f"an unshared IPMMU-like driver uses a stage-1 format, got {self.pt.fmt.name}")
+        self.api = api
+        self.costs = costs or CostModel()
+        self.counts = IommuCounts()
+
+    @property
+    def fmt(self) -> Format:
+        return self.pt.fmt
+
+    def _reachable(self, gfn: np.ndarray, nr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Page counts the input size can reach; the rest is counted, not dropped silently."""
+        n = np.clip(self.fmt.ia_pages - gfn, 0, nr)
+        self.counts.unreachable_pages += int((nr - n).sum())
+        return n, n > 0
+
+    def _account(self, res: dict, pages: np.ndarray, unmap: bool) -> float:
+        """Count one batch as the driver API would have made it; return its modelled ns."""
+        c, k = self.costs, self.counts
+        per_page = self.api == "per-page"
+        n_pages = int(pages.sum())
+        calls = n_pages if per_page else len(pages)
+        tables = res["tables_allocated"]
+        if self.fmt.coherent_walk:
+            cleans = 0
+        elif per_page:      # each call cleans the line it wrote, again and again
+            cleans = res["descriptors_written"] + tables * LINES_PER_TABLE
+        else:
+            cleans = res["cache_lines_written"] + tables * LINES_PER_TABLE
+        k.calls += calls
+        k.invalidations += calls
+        k.cache_lines_cleaned += cleans
+        k.descriptors_written += res["descriptors_written"]
+        k.tables_allocated += tables
+        k.tables_freed += res["tables_freed"]
+        k.block_splits += res["block_splits"]
+        call_ns = c.unmap_call_ns if unmap else c.map_call_ns
+        clean_ns = 0.0 if self.fmt.coherent_walk else c.cache_clean_line_ns
+        alloc_ns = tables * (c.table_alloc_ns + LINES_PER_TABLE * clean_ns)
+        # Per-call latencies: the run's own work, table allocations spread by pages.
+        if per_page:
+            lat = np.full(calls, call_ns + clean_ns + c.iotlb_inv_ns)
+            if calls:
+                lat += alloc_ns / calls
+        else:
+            lines = -(-pages // ENTRIES_PER_LINE)
+            lat = (call_ns + (pages - 1) * c.map_page_ns + lines * clean_ns + c.iotlb_inv_ns
+                   + alloc_ns * pages / max(n_pages, 1))
+        (k.unmap_latency if unmap else k.map_latency).add(np.asarray(lat, float))
+        return float(np.sum(lat))
+
+    def map(self, gfn, mfn, nr, type_code) -> float:
+        """Mirror P2M writes: map GFN -> MFN with the type's DMA permission. Returns modelled ns."""
+        gfn, mfn, nr, code = (np.asarray(x) for x in (gfn, mfn, nr, type_code))
+        perm = DMA_PERM_BY_CODE[code]
+        dma = perm != 0
+        gfn, mfn, nr, code, perm = gfn[dma], mfn[dma], nr[dma], code[dma], perm[dma]
+        n, keep = self._reachable(gfn, nr)
+        if not keep.any():
+            return 0.0
+        res = self.pt.map(gfn[keep] * GRANULE, mfn[keep] * GRANULE, n[keep],
+                          perm=[PERM_NAMES[p] for p in perm[keep].tolist()],
+                          memtype=[MEMTYPE_NAMES[m] for m in MEMTYPE_BY_CODE[code[keep]].tolist()],
+                          leaf="auto" if self.api == "blocks" else "4k", remap=True)
+        self.counts.pages_mapped += int(n[keep].sum())
+        return self._account(res, n[keep], unmap=False)
+
+    def unmap(self, gfn, nr) -> float:
+        gfn, nr = np.asarray(gfn), np.asarray(nr)
+        n = np.clip(self.fmt.ia_pages - gfn, 0, nr)       # unreachable pages were never mapped
+        keep = n > 0
+        if not keep.any():
+            return 0.0
+        res = self.pt.unmap(gfn[keep] * GRANULE, n[keep])
+        self.counts.pages_unmapped += res["pages_unmapped"]
+        return self._account(res, n[keep], unmap=True)
+
+    def follow(self, change: Change) -> float:
+        """Propagate one P2M update, as Xen's p2m_set_entry calls iommu_map / iommu_unmap."""
+        ns = 0.0
+        if len(change.unmapped[0]):
+            ns += self.unmap(*change.unmapped)
+        if len(change.mapped[0]):
+            ns += self.map(*change.mapped)
+        return ns
+
+    def populate(self, p2m: P2M) -> float:
+        """Build the table from a whole P2M (no M2P on ARM: walk the P2M by GFN)."""
+        ext = p2m.entries()
+        self.counts.populate_pages += int(ext.npages[DMA_PERM_BY_CODE[ext.sw] != 0].sum())
+        ns = self.map(ext.iova.astype(np.int64) // GRANULE, ext.pa.astype(np.int64) // GRANULE, ext.npages, ext.sw)
+        return ns + int(ext.npages.sum()) * self.costs.populate_page_ns
+
+    def view(self, gfn_ranges) -> Extents:
+        s, e = gfn_ranges
+        lim = self.fmt.ia_pages
+        keep = s < lim
+        if not keep.any():
+            return Extents.empty()
+        return translation_view(self.pt.mappings(s[keep] * GRANULE, np.minimum(e[keep], lim) - s[keep]))
+
+    def reachable(self, gfn_ranges):
+        s, e = gfn_ranges
+        lim = self.fmt.ia_pages
+        keep = s < lim
+        return s[keep], np.minimum(e[keep], lim)
+
+    @property
+    def table_bytes(self) -> int:
+        return self.pt.table_bytes
+
+
+class SharedIommu:
+    """The IOMMU walks the P2M itself: no second table; an IOTLB flush after P2M changes."""
+
+    kind = "shared"
+
+    def __init__(self, p2m: P2M, costs: CostModel | None = None, stage2_capable: bool = True):
+        if not stage2_capable:
+            raise NotApplicable("shared tables need an IOMMU that walks stage-2 tables")
+        if p2m.fmt.ia_bits > SHARED_MAX_IPA_BITS:
+            raise NotApplicable(f"the IPMMU can share a P2M of at most {SHARED_MAX_IPA_BITS}-bit IPA; "
+                                f"this P2M ({p2m.fmt.name}) has {p2m.fmt.ia_bits} bits")
+        self.p2m = p2m
+        self.costs = costs or CostModel()
+        self.counts = IommuCounts()
+
+    def follow(self, change: Change) -> float:
+        if not change.live_changed:             # new entries leave nothing stale in the IOTLB
+            return 0.0
+        self.counts.invalidations += 1
+        self.counts.map_latency.add(np.array([self.costs.iotlb_inv_ns]))
+        return self.costs.iotlb_inv_ns
+
+    def populate(self, p2m: P2M) -> float:
+        return 0.0
+
+    def view(self, gfn_ranges) -> Extents:
+        return self.p2m.dma_view(*_as_counts(gfn_ranges))
+
+    def reachable(self, gfn_ranges):
+        return gfn_ranges
+
+    table_bytes = 0
+
+
+def _as_counts(ranges):
+    s, e = ranges
+    return s, e - s

@@ -1,0 +1,124 @@
+"""A domain's P2M: the stage-2 table GFN -> MFN, with Xen's types in its entries.
+
+`set_entry` takes arrays of extents as Xen's p2m_set_entry takes one: the
+engine picks the leaf order by Xen's rule, splits superpages with
+break-before-make and never frees intermediate tables before teardown. Each
+call reports which GFN ranges it added, modified and removed, so that an
+IOMMU can follow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..pgtable import Extents, Format, PageTable
+from ..pgtable.extents import merge_runs
+from ..pgtable.format import GRANULE
+from . import intervals as iv
+from .p2m_types import CODE, DMA_PERM_BY_CODE, DMA_PERM, MEMTYPE, TYPES, codes
+
+P2M_BASE = 0x40_0000_0000            # where the model puts P2M table pages (any aligned address works)
+
+
+@dataclass
+class Change:
+    """GFN ranges (sorted, disjoint page ranges) one set_entry call changed, and its engine accounting."""
+
+    added: tuple[np.ndarray, np.ndarray]
+    modified: tuple[np.ndarray, np.ndarray]
+    removed: tuple[np.ndarray, np.ndarray]
+    # The extents written (valid types) and removed, as given: what an IOMMU mirrors.
+    mapped: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]   # gfn, mfn, nr, type code
+    unmapped: tuple[np.ndarray, np.ndarray]                          # gfn, nr
+    stats: dict
+
+    @property
+    def touched(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every GFN range the call wrote or cleared."""
+        gfn, _, nr, _ = self.mapped
+        ug, un = self.unmapped
+        return iv.normalize(np.concatenate((gfn, ug)), np.concatenate((nr, un)))
+
+    @property
+    def live_changed(self) -> bool:
+        """Whether a valid entry was modified or removed (what needs a TLB flush)."""
+        return bool(len(self.modified[0]) or len(self.removed[0]))
+
+
+def _stats_sum(a: dict, b: dict) -> dict:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b) if isinstance(a.get(k, b.get(k)), int)}
+
+
+def translation_view(ext: Extents) -> Extents:
+    """Only what a translation gives a device: address and permission, runs merged again."""
+    if not len(ext):
+        return ext
+    starts = merge_runs(ext.iova, ext.pa, ext.npages, ext.perm)
+    z = np.zeros(len(starts), np.uint8)
+    return Extents(ext.iova[starts], ext.pa[starts], np.add.reduceat(ext.npages, starts), ext.perm[starts], z, z)
+
+
+class P2M:
+    def __init__(self, fmt: Format | str = "p2m-s2-40", base: int = P2M_BASE):
+        self.pt = PageTable(fmt, base=base)
+        if self.pt.fmt.stage != 2:
+            raise ValueError(f"a P2M needs a stage-2 format, got {self.pt.fmt.name} (stage {self.pt.fmt.stage})")
+
+    @property
+    def fmt(self) -> Format:
+        return self.pt.fmt
+
+    def set_entry(self, gfn, mfn, nr, p2m_type) -> Change:
+        """Map GFN ranges to MFN ranges with a type ("invalid" removes them)."""
+        gfn = np.atleast_1d(np.asarray(gfn, np.int64))
+        nr = np.broadcast_to(np.asarray(nr, np.int64), gfn.shape).copy()
+        mfn = np.broadcast_to(np.asarray(mfn, np.int64), gfn.shape).copy()
+        code = codes(p2m_type, len(gfn))
+        valid = code != CODE["invalid"]
+        before = self._mapped_ranges(gfn, nr)
+        stats = {}
+        if (~valid).any():
+            stats = self.pt.unmap(gfn[~valid] * GRANULE, nr[~valid])
+        if valid.any():
+            c = code[valid]
+            perm = np.array([DMA_PERM[TYPES[i]] for i in range(len(TYPES))])[c]
+            memtype = np.array([MEMTYPE[TYPES[i]] for i in range(len(TYPES))])[c]
+            res = self.pt.map(gfn[valid] * GRANULE, mfn[valid] * GRANULE, nr[valid], perm=perm,
+                              memtype=memtype, sw=c, remap=True)
+            stats = _stats_sum(stats, res) if stats else res
+        written = iv.normalize(gfn[valid], nr[valid])
+        cleared = iv.normalize(gfn[~valid], nr[~valid])
+        return Change(added=iv.subtract(written, before), modified=iv.intersect(written, before),
+                      removed=iv.intersect(cleared, before),
+                      mapped=(gfn[valid], mfn[valid], nr[valid], code[valid]),
+                      unmapped=(gfn[~valid], nr[~valid]), stats=stats)
+
+    def _mapped_ranges(self, gfn: np.ndarray, nr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The parts of these GFN ranges that are mapped now."""
+        s, e = iv.normalize(gfn, nr)
+        if not len(s):
+            return s, e
+        ext = self.pt.mappings(s * GRANULE, e - s)
+        return iv.normalize(ext.iova.astype(np.int64) // GRANULE, ext.npages)
+
+    def entries(self, gfn=None, nr=None) -> Extents:
+        """The P2M decoded (optionally within GFN ranges): sw holds the type code."""
+        if gfn is None:
+            return self.pt.mappings()
+        s, e = iv.normalize(gfn, nr)
+        if not len(s):
+            return Extents.empty()
+        return self.pt.mappings(s * GRANULE, e - s)
+
+    def dma_view(self, gfn=None, nr=None) -> Extents:
+        """What a device may reach: the entries whose type allows DMA, with the DMA permission."""
+        ext = self.entries(gfn, nr)
+        perm = DMA_PERM_BY_CODE[ext.sw]
+        keep = perm != 0
+        return translation_view(Extents(ext.iova[keep], ext.pa[keep], ext.npages[keep], perm[keep],
+                                        ext.memtype[keep], ext.sw[keep]))
+
+    def stats(self) -> dict:
+        return self.pt.stats()

@@ -1,0 +1,138 @@
+"""Hosts of domains under each policy: who gets a table, what is refused, what leaks."""
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from iommu_core.scenario import small_h3
+from iommu_core.xen.board import board
+from iommu_core.xen.domain import DomainSpec
+from iommu_core.xen.host import Host, HostConfig, toolstack_reservation
+from iommu_core.xen.iommu import NotApplicable
+
+MIB = 1 << 20
+
+
+def run(policy, api="batched", specs=None, b=None, **kw):
+    b0, s0 = small_h3()
+    host = Host(b or b0, HostConfig(policy=policy, api=api, **kw))
+    records = host.run(specs or s0)
+    return host, {r["domain"]: r for r in records}
+
+
+def test_eager_gives_every_domain_a_table():
+    _, r = run("eager")
+    assert r["guest"]["devices"] == 0 and r["guest"]["iommu_table_bytes"] > 0
+    assert all(x["mismatches"] == 0 for x in r.values())
+
+
+def test_declared_gives_tables_only_to_declared_domains_and_refuses_hotplug():
+    _, r = run("declared")
+    assert r["guest"]["iommu_table_bytes"] == 0 and r["driver"]["iommu_table_bytes"] > 0
+    assert r["hotplug"]["assign_refused_undeclared"] == 1 and r["hotplug"]["devices"] == 0
+
+
+def test_lazy_builds_a_table_at_first_assignment_from_the_whole_p2m():
+    _, r = run("lazy")
+    assert r["guest"]["iommu_table_bytes"] == 0
+    hot = r["hotplug"]
+    # populate copied every DMA-visible page the P2M held: its RAM plus grant and magic pages.
+    assert hot["populate_pages"] == (256 * MIB >> 12) + 32 + 4
+    assert hot["iommu_table_bytes"] > 0 and hot["assign_ns"] > r["driver"]["assign_ns"] / 10
+
+
+def test_shared_uses_no_iommu_table_bytes():
+    _, r = run("shared")
+    assert all(x["iommu_table_bytes"] == 0 for x in r.values())
+    with pytest.raises(NotApplicable):
+        run("shared", p2m_format="p2m-s2-48")
+
+
+def test_per_page_flushes_per_page_batched_per_call():
+    _, pp = run("eager", "per-page")
+    _, bt = run("eager", "batched")
+    g_pp, g_bt = pp["guest"], bt["guest"]
+    pages = (1 << 30 >> 12) + 32 + 4 + 2 * (64 << 20 >> 12)      # RAM, grant + magic, balloon out and in
+    assert g_pp["invalidations"] == g_pp["calls"] == pages
+    assert g_bt["invalidations"] == g_bt["calls"] < pages / 1000     # one per extent of each batch
+    assert g_pp["cache_lines_cleaned"] > g_bt["cache_lines_cleaned"]
+
+
+def test_blocks_reach_the_minimum_for_aligned_ram():
+    _, r = run("eager", "blocks")
+    assert r["driver"]["iommu_table_bytes"] <= 2 * r["driver"]["iommu_min_table_bytes"]
+    _, r4 = run("eager", "batched")
+    assert r4["driver"]["iommu_table_bytes"] > 10 * r["driver"]["iommu_table_bytes"]
+
+
+def test_context_exhaustion_is_refused_cleanly():
+    b = board("h3")
+    devices = [m.name for m in b.masters][: b.usable_contexts + 2]
+    specs = [DomainSpec("dom0", "dom0", 256 * MIB, passthrough=True)] + [
+        DomainSpec(f"d{i}", "driver", 64 * MIB, passthrough=True, devices=(name,)) for i, name in enumerate(devices)]
+    host, r = run("eager", specs=specs, b=b)
+    refused = sum(x["assign_refused_context"] for x in r.values())
+    assert refused == 3          # dom0 holds one context too
+    assert len(host.contexts.holders) == b.usable_contexts
+
+
+def test_teardown_returns_every_page_and_context():
+    b = board("h3")
+    specs = [DomainSpec("dom0", "dom0", 256 * MIB, passthrough=True)] + [
+        DomainSpec(f"d{i}", "guest", 64 * MIB, passthrough=True, devices=(f"sdhi{i}",), grant_pages=16,
+                   balloon_bytes=8 * MIB, destroy=True) for i in range(3)]
+    host, r = run("eager", specs=specs, b=b)
+    assert host.memory.free_pages == host.memory.total_pages - (256 * MIB >> 12)
+    assert host.contexts.holders == {0}
+    assert all(x["destroyed"] and x["p2m_table_bytes_final"] == 0 for k, x in r.items() if k != "dom0")
+    host.memory.check()
+
+
+def test_toolstack_reservation_formula():
+    assert toolstack_reservation(1 << 30) == 515 * 4096
+
+
+def test_records_carry_the_fixed_fields():
+    _, r = run("eager")
+    fixed = {"policy", "api", "format", "domain", "kind", "ram_bytes", "host_ram_bytes", "devices",
+             "iommu_table_bytes", "p2m_table_bytes", "invalidations", "mismatches"}
+    assert all(fixed <= set(x) for x in r.values())
+    assert r["dom0"]["kind"] == "dom0" and r["dom0"]["devices"] > 10
+
+
+H3_DEVICES = ["etheravb", "sdhi0", "sdhi1", "sdhi2", "sata", "audio-dmac0"]
+
+
+@st.composite
+def life_cycles(draw):
+    n = draw(st.integers(1, 4))
+    specs = [DomainSpec("dom0", "dom0", 128 * MIB, passthrough=True)]
+    free = list(H3_DEVICES)
+    for i in range(n):
+        ram = draw(st.sampled_from([16, 40, 64, 130])) * MIB
+        devs = tuple(d for d in free[:draw(st.integers(0, 1))])
+        free = free[len(devs):]
+        hot = tuple(d for d in free[:draw(st.integers(0, 1))])
+        free = free[len(hot):]
+        specs.append(DomainSpec(f"d{i}", "guest", ram, passthrough=draw(st.booleans()) or bool(devs),
+                                devices=devs, hotplug=hot, grant_pages=draw(st.sampled_from([0, 7, 600])),
+                                balloon_bytes=draw(st.sampled_from([0, 4 * MIB, 3 * MIB + 8192])),
+                                destroy=draw(st.booleans())))
+    return specs
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs=life_cycles(), policy=st.sampled_from(["eager", "lazy", "declared", "shared"]),
+       api=st.sampled_from(["per-page", "batched", "blocks"]), frag=st.sampled_from([0.0, 0.3]),
+       seed=st.integers(0, 3))
+def test_random_life_cycles_keep_the_invariant_and_leak_nothing(specs, policy, api, frag, seed):
+    b = board("h3")
+    host = Host(b, HostConfig(policy=policy, api=api, fragmentation=frag, seed=seed, dom0_mem=128 * MIB))
+    records = host.run(specs)               # the invariant is checked after every step
+    assert all(r["mismatches"] == 0 for r in records)
+    alive = [d for d in host.domains if d.alive]
+    held = sum(host.memory.owned_pages(d.domid) for d in alive)
+    assert host.memory.free_pages + held == host.memory.total_pages
+    assert all(host.memory.owned_pages(d.domid) == 0 for d in host.domains if not d.alive)
+    assert host.contexts.holders <= {d.domid for d in alive if d.devices}
+    host.memory.check()
