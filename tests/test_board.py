@@ -1,10 +1,20 @@
 """Board profiles: the H3 Salvator-X exactly as ../shared/HARDWARE.md lists it, M3-W, a server."""
 
 import dataclasses
+import itertools
 
 import pytest
 
-from iommu_core.xen.board import BOARDS, Board, DmaMaster, MmioRegion, board, h3, m3w, server
+from iommu_core.xen.board import (
+    BOARDS,
+    Board,
+    DmaMaster,
+    MmioRegion,
+    board,
+    h3,
+    m3w,
+    server,
+)
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 
@@ -67,7 +77,7 @@ def test_h3_other_mmio_and_contexts():
 def test_all_mmio_sorted_merged_and_complete(name):
     b = board(name)
     mm = b.all_mmio()
-    for r0, r1 in zip(mm, mm[1:]):
+    for r0, r1 in itertools.pairwise(mm):
         assert r0.end < r1.base                               # sorted, disjoint, touching ones merged
     every = [r for m in b.masters for r in m.regions] + list(b.other_mmio)
     for r in every:
@@ -145,7 +155,7 @@ def test_mmio_region_validation():
 
 def test_board_validation():
     r = MmioRegion(0x1000_0000, 0x1000)
-    ok = dict(name="t", ram_banks=((0x4000_0000, GIB),), masters=(DmaMaster("d", (r,), "hc"),), other_mmio=())
+    ok = {"name": "t", "ram_banks": ((0x4000_0000, GIB),), "masters": (DmaMaster("d", (r,), "hc"),), "other_mmio": ()}
     Board(**ok)
     with pytest.raises(ValueError, match="overlaps"):
         Board(**{**ok, "other_mmio": (MmioRegion(0x1000_0000, 0x2000),)})

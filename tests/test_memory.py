@@ -259,7 +259,7 @@ def test_fragmentation_breaks_chunks_into_shuffled_pages():
     assert np.array_equal(s, again) and not np.array_equal(s, other)
     # freed broken pages stay broken: they come back one by one
     mm.free(s[:512], c[:512], owner=1)
-    s2, c2 = mm.alloc(512, owner=2)
+    _, c2 = mm.alloc(512, owner=2)
     assert (c2 == 1).all()
     mm.check()
 
@@ -271,7 +271,7 @@ def test_fragmentation_fraction_and_determinism():
     assert np.array_equal(mm.broken_chunks, MachineMemory(b.ram_banks, 0.25, seed=11).broken_chunks)
     assert not np.array_equal(mm.broken_chunks, MachineMemory(b.ram_banks, 0.25, seed=12).broken_chunks)
     # a GiB guest on this host: no 1 GiB chunk is left whole, 2 MiB chunks back it
-    s, c = mm.alloc(CHUNK_1G, owner=1)
+    _, c = mm.alloc(CHUNK_1G, owner=1)
     assert (c == CHUNK_2M).all()
     mm.check()
 
@@ -299,7 +299,7 @@ def test_out_of_memory_changes_nothing():
         mm.alloc(free + 1, owner=2)
     assert snapshot(mm) == before
     assert isinstance(OutOfMemory("x"), ValueError)
-    s, c = mm.alloc(free, owner=2)                       # everything that is left is fine
+    _, c = mm.alloc(free, owner=2)                       # everything that is left is fine
     assert mm.free_pages == 0 and int(c.sum()) == free
     mm.check()
 

@@ -93,12 +93,13 @@ def mappings(pt, ranges=None) -> Extents:
     parts = []
     for level in pt.fmt.levels:
         for g, desc in leaf_chunks(pt, level, ranges):
-            first = g * level_pages(level)
             npg = np.full(len(g), level_pages(level), np.int64)
-            pa, attrs = desc & U64(d.oa_mask(level)), desc & keep
-            if ranges is not None:
-                first, npg, pa, attrs = _clip(first, npg, pa, attrs, ranges)
-            parts.append(_runs(first.astype(U64) << U64(GRANULE_SHIFT), pa, npg, attrs))
+            iova, pa, npg, attrs = _runs(g.astype(U64) << U64(level_shift(level)), desc & U64(d.oa_mask(level)),
+                                         npg, desc & keep)
+            if ranges is not None:           # cut runs, not leaves: far fewer of them
+                first, npg, pa, attrs = _clip(iova.astype(np.int64) >> GRANULE_SHIFT, npg, pa, attrs, ranges)
+                iova = first.astype(U64) << U64(GRANULE_SHIFT)
+            parts.append((iova, pa, npg, attrs))
     if not parts:
         return Extents.empty()
     iova, pa, npg, attrs = (np.concatenate(x) for x in zip(*parts))

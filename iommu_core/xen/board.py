@@ -13,8 +13,9 @@ All addresses and sizes are in bytes; a page is 4 KiB.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from itertools import pairwise
 
 PAGE = 1 << 12
 KIB = 1 << 10
@@ -127,7 +128,7 @@ class Board:
             banks.append((base, size))
         if not banks:
             raise ValueError(f"board {self.name} has no RAM bank")
-        for (b0, s0), (b1, s1) in zip(banks, banks[1:]):
+        for (b0, s0), (b1, s1) in pairwise(banks):
             if b1 < b0 + s0:
                 raise ValueError(f"board {self.name}: RAM banks ({b0:#x}, {s0:#x}) and ({b1:#x}, {s1:#x}) "
                                  f"are not sorted or overlap")
@@ -162,7 +163,7 @@ class Board:
         tagged = sorted([(r.base, r.end, m.name) for m in masters for r in m.regions]
                         + [(r.base, r.end, "other MMIO") for r in other]
                         + [(b, b + s, "RAM") for b, s in banks])
-        for (b0, e0, n0), (b1, e1, n1) in zip(tagged, tagged[1:]):
+        for (b0, e0, n0), (b1, e1, n1) in pairwise(tagged):
             if b1 < e0:
                 raise ValueError(f"board {self.name}: {n0} [{b0:#x}, {e0:#x}) overlaps {n1} [{b1:#x}, {e1:#x})")
 

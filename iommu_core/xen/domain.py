@@ -25,7 +25,7 @@ GUEST_RAM1_GFN = 0x2_0000_0000 >> 12
 GUEST_GNTTAB_GFN = 0x3800_0000 >> 12
 GUEST_MAGIC_GFN = 0x3900_0000 >> 12
 MAGIC_PAGES = 4                                               # console, xenstore, ...
-DOM0_FOREIGN_GFN = 0x80_0000_0000 >> 12                       # where dom0 maps guests' pages (backends)
+DOM0_FOREIGN_GFN = 0x10_0000_0000 >> 12       # where dom0 maps guests' pages (backends): 64 GiB, above H3 RAM
 POLICIES = ("eager", "lazy", "declared", "shared")
 
 

@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -288,7 +288,7 @@ class MachineMemory:
         hi = (bs_a + bc_a) // CHUNK_2M * CHUNK_2M
         per = np.maximum(hi - lo, 0) // CHUNK_2M
         nchunks = int(per.sum())
-        nbroken = int(math.floor(self.fragmentation * nchunks + 0.5))
+        nbroken = math.floor(self.fragmentation * nchunks + 0.5)
         if nbroken:
             pick = np.sort(self._rng.choice(nchunks, size=nbroken, replace=False)).astype(_I64)
             cum = np.cumsum(per)
