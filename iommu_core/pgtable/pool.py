@@ -87,7 +87,7 @@ class TablePool:
         if need > self.max_pages:
             raise MemoryError(f"{self.fmt.name}: table pool would pass the {self.fmt.oa_bits}-bit output "
                               f"address size (base {self.base:#x}, {need} pages)")
-        cap = min(self.max_pages, max(need, len(self.mem) + len(self.mem) // 4))
+        cap = min(self.max_pages, max(need, 2 * len(self.mem)))     # untouched pages cost nothing
         # A new array rather than resize(): numpy asks the kernel for huge pages for
         # large new arrays (fewer TLB misses in walks, fewer faults on first touch),
         # not for reallocated ones. Untouched zero pages cost no memory.

@@ -65,6 +65,12 @@ class Latency:
         self.total += float(ns.sum())
         self.squares += float((ns * ns).sum())
 
+    def add_same(self, n: int, ns: float) -> None:
+        """n calls of the same latency."""
+        self.n += n
+        self.total += n * ns
+        self.squares += n * ns * ns
+
     def mean_us(self) -> float:
         return self.total / self.n / 1000 if self.n else 0.0
 
@@ -142,15 +148,15 @@ class UnsharedIommu:
         clean_ns = 0.0 if self.fmt.coherent_walk else c.cache_clean_line_ns
         alloc_ns = tables * (c.table_alloc_ns + LINES_PER_TABLE * clean_ns)
         # Per-call latencies: the run's own work, table allocations spread by pages.
+        latency = k.unmap_latency if unmap else k.map_latency
         if per_page:
-            lat = np.full(calls, call_ns + clean_ns + c.iotlb_inv_ns)
-            if calls:
-                lat += alloc_ns / calls
-        else:
-            lines = -(-pages // ENTRIES_PER_LINE)
-            lat = (call_ns + (pages - 1) * c.map_page_ns + lines * clean_ns + c.iotlb_inv_ns
-                   + alloc_ns * pages / max(n_pages, 1))
-        (k.unmap_latency if unmap else k.map_latency).add(np.asarray(lat, float))
+            each = call_ns + clean_ns + c.iotlb_inv_ns + (alloc_ns / calls if calls else 0.0)
+            latency.add_same(calls, each)
+            return calls * each
+        lines = -(-pages // ENTRIES_PER_LINE)
+        lat = (call_ns + (pages - 1) * c.map_page_ns + lines * clean_ns + c.iotlb_inv_ns
+               + alloc_ns * pages / max(n_pages, 1))
+        latency.add(np.asarray(lat, float))
         return float(np.sum(lat))
 
     def map(self, gfn, mfn, nr, type_code) -> float:
