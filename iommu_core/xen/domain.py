@@ -105,7 +105,7 @@ class Domain:
         self.name = spec.name
         self.p2m = P2M(host.p2m_format)
         self.iommu = None
-        self.devices: set[str] = set()
+        self.devices: dict[str, int] = {}        # device -> the main IPMMU it sits behind
         self.ever_devices: set[str] = set()
         self.counts = DomainCounts()
         self.ram = (np.zeros(0, np.int64),) * 3      # (gfn, mfn, count) of RAM backed by host memory
@@ -191,12 +191,12 @@ class Domain:
         gfn, mfn, nr = place(runs, mfn, mcount)
         return self.update(gfn, mfn, nr, "ram_rw")
 
-    def assign(self, device: str, mmio: tuple[np.ndarray, np.ndarray]) -> tuple[float, int] | None:
+    def assign(self, device: str, mmio: tuple[np.ndarray, np.ndarray], ipmmu: int = 0) -> tuple[float, int] | None:
         """Give the domain a device (None if refused): context, IOMMU table as the policy says, MMIO."""
         if self.policy == "declared" and not self.spec.passthrough:
             self.counts.assign_refused_undeclared += 1
             return None
-        if not self.host.contexts.acquire(self.domid):
+        if not self.host.contexts.acquire(self.domid, ipmmu):
             self.counts.assign_refused_context += 1
             return None
         ns = 0.0
@@ -207,7 +207,7 @@ class Domain:
             if self.host.check:
                 self.check_all()
         inv_before = self.iommu.counts.invalidations
-        self.devices.add(device)
+        self.devices[device] = ipmmu
         self.ever_devices.add(device)
         step_ns, inv = self.map_direct(mmio[0], mmio[1], "mmio_direct_dev")
         populate_inv = self.iommu.counts.invalidations - inv_before - inv
@@ -215,9 +215,9 @@ class Domain:
 
     def deassign(self, device: str, mmio: tuple[np.ndarray, np.ndarray]) -> tuple[float, int]:
         ns, inv = self.update(mmio[0], mmio[0], mmio[1], "invalid")
-        self.devices.discard(device)
-        if not self.devices:
-            self.host.contexts.release(self.domid)
+        ipmmu = self.devices.pop(device)
+        if ipmmu not in self.devices.values():
+            self.host.contexts.release(self.domid, ipmmu)
         return ns, inv
 
     def map_foreign(self, gfn: np.ndarray, mfn: np.ndarray, nr: np.ndarray) -> tuple[float, int]:

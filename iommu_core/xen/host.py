@@ -72,7 +72,7 @@ class Host:
         self.iommu_format, self.p2m_format = config.iommu_format, config.p2m_format
         self.costs = costs or CostModel()
         self.memory = MachineMemory(board.ram_banks, config.fragmentation, config.seed)
-        self.contexts = Contexts(board.usable_contexts)
+        self.contexts = Contexts(board.ipmmu_contexts - board.reserved_contexts, board.ipmmus)
         self.domains: list[Domain] = []
         self.queue_free = 0.0
         self.rng = np.random.default_rng(config.seed)
@@ -112,7 +112,7 @@ class Host:
         steps.append(("mmio", lambda: dom0.map_direct(g[order], n[order], "mmio_direct_dev")))
         none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         for name in own:
-            steps.append(("assign", lambda name=name: dom0.assign(name, none)))
+            steps.append(("assign", lambda name=name: dom0.assign(name, none, self.board.master(name).main_ipmmu)))
         return steps
 
     def _domu_plan(self, d: Domain, dom0: Domain, foreign_cursor: list):
@@ -123,7 +123,7 @@ class Host:
             steps.append(("populate", lambda m=min(STEP_BATCH_PAGES, pages - k): d.populate_ram(m)))
         steps.append(("xen-pages", d.map_xen_pages))
         for name in spec.devices:
-            steps.append(("assign", lambda name=name: d.assign(name, self._mmio([name]))))
+            steps.append(("assign", lambda name=name: self._assign(d, name)))
         if spec.grant_pages:
             gfn0 = foreign_cursor[0]
             foreign_cursor[0] += spec.grant_pages
@@ -134,10 +134,13 @@ class Host:
             steps.append(("balloon-out", lambda: d.balloon_out(n)))
             steps.append(("balloon-in", lambda: d.populate_ram(n)))
         for name in spec.hotplug:
-            steps.append(("assign", lambda name=name: d.assign(name, self._mmio([name]))))
+            steps.append(("assign", lambda name=name: self._assign(d, name)))
         if spec.destroy:
             steps.append(("destroy", lambda: self._destroy(d, dom0)))
         return steps
+
+    def _assign(self, d: Domain, name: str):
+        return d.assign(name, self._mmio([name]), self.board.master(name).main_ipmmu)
 
     def _backend_map(self, d: Domain, dom0: Domain, gfn0: int):
         """dom0's backend maps the first grant_pages of the guest's RAM (foreign mappings)."""

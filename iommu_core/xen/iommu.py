@@ -32,24 +32,32 @@ class NotApplicable(ValueError):
 
 
 class Contexts:
-    """One IPMMU's translation contexts: a domain with devices on it holds one."""
+    """The translation contexts of a host's main IPMMUs: a domain holds one on each
+    IPMMU that one of its devices sits behind; when none is free, assignment fails."""
 
-    def __init__(self, usable: int):
-        if usable < 0:
-            raise ValueError(f"usable contexts must be >= 0, got {usable}")
+    def __init__(self, usable: int, ipmmus: int = 1):
+        if usable < 0 or ipmmus < 1:
+            raise ValueError(f"contexts: usable per IPMMU must be >= 0 and IPMMUs >= 1, got {usable}, {ipmmus}")
         self.usable = usable
-        self.holders: set[int] = set()
+        self.by_ipmmu: list[set[int]] = [set() for _ in range(ipmmus)]
 
-    def acquire(self, domid: int) -> bool:
-        if domid in self.holders:
+    @property
+    def holders(self) -> set[int]:
+        return set().union(*self.by_ipmmu)
+
+    def acquire(self, domid: int, ipmmu: int = 0) -> bool:
+        held = self.by_ipmmu[ipmmu]
+        if domid in held:
             return True
-        if len(self.holders) >= self.usable:
+        if len(held) >= self.usable:
             return False
-        self.holders.add(domid)
+        held.add(domid)
         return True
 
-    def release(self, domid: int) -> None:
-        self.holders.discard(domid)
+    def release(self, domid: int, ipmmu: int | None = None) -> None:
+        for k, held in enumerate(self.by_ipmmu):
+            if ipmmu is None or k == ipmmu:
+                held.discard(domid)
 
 
 @dataclass
