@@ -11,10 +11,11 @@ import numpy as np
 from . import descriptors as d
 from .arrays import ragged
 from .extents import Extents, merge_runs
-from .format import ENTRIES, GRANULE_SHIFT, level_pages, level_shift
+from .format import ENTRIES, GRANULE_SHIFT, LAST_LEVEL, level_pages, level_shift
 
 U64 = np.uint64
 CHUNK_TABLES = 1024
+_PAGE_STEPS = np.arange(ENTRIES, dtype=U64) << U64(GRANULE_SHIFT)     # a run of pages, entry by entry
 
 
 def _is_leaf(level: int, desc: np.ndarray) -> np.ndarray:
@@ -30,11 +31,23 @@ def _touches(first: np.ndarray, stop: np.ndarray, ranges) -> np.ndarray:
     return (k < len(s)) & (s[np.minimum(k, len(s) - 1)] < stop)
 
 
-def leaf_chunks(pt, level: int, ranges=None):
+def _tables(pt, level: int, ranges):
+    """(prefixes, pages) of a level's tables (not the root), those outside the ranges left out."""
+    prefixes, pages = pt.pool.tables_of_level(level)
+    if ranges is not None:
+        span = ENTRIES * level_pages(level)
+        keep = _touches(prefixes * span, (prefixes + 1) * span, ranges)
+        prefixes, pages = prefixes[keep], pages[keep]
+    return prefixes, pages
+
+
+def leaf_chunks(pt, level: int, ranges=None, whole_rows=None):
     """(entry numbers, descriptors) of the valid leaves of a level, chunk by chunk.
 
     ranges: optional (starts, ends) of sorted disjoint page ranges; tables that
-    lie outside all of them are not read.
+    lie outside all of them are not read. whole_rows: optional callback taking
+    each chunk's (prefixes, rows) first and returning a mask of rows it has dealt
+    with; their leaves are not listed.
     """
     if level == pt.fmt.start_level:
         rows = pt.pool.flat[: pt.fmt.root_entries]
@@ -42,16 +55,16 @@ def leaf_chunks(pt, level: int, ranges=None):
         if len(g):
             yield g, rows[g]
         return
-    prefixes, pages = pt.pool.tables_of_level(level)
-    if ranges is not None:
-        span = ENTRIES * level_pages(level)
-        keep = _touches(prefixes * span, (prefixes + 1) * span, ranges)
-        prefixes, pages = prefixes[keep], pages[keep]
+    prefixes, pages = _tables(pt, level, ranges)
     for i in range(0, len(pages), CHUNK_TABLES):
-        rows = pt.pool.mem[pages[i:i + CHUNK_TABLES]].reshape(-1)
+        pre, rows = prefixes[i:i + CHUNK_TABLES], pt.pool.mem[pages[i:i + CHUNK_TABLES]]
+        if whole_rows is not None:
+            done = whole_rows(pre, rows)
+            pre, rows = pre[~done], rows[~done]
+        rows = rows.reshape(-1)
         pos = np.flatnonzero(_is_leaf(level, rows))
         if len(pos):
-            yield prefixes[i + pos // ENTRIES] * ENTRIES + pos % ENTRIES, rows[pos]
+            yield pre[pos // ENTRIES] * ENTRIES + pos % ENTRIES, rows[pos]
 
 
 def leaves(pt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -91,15 +104,28 @@ def mappings(pt, ranges=None) -> Extents:
     """
     keep = ~U64(d.OA_MASK_48 | d.DESC_TYPE_MASK)       # attribute bits, whatever the leaf size
     parts = []
+
+    def add(iova, pa, npg, attrs):
+        if ranges is not None:                 # cut runs, not leaves: far fewer of them
+            first, npg, pa, attrs = _clip(iova.astype(np.int64) >> GRANULE_SHIFT, npg, pa, attrs, ranges)
+            iova = first.astype(U64) << U64(GRANULE_SHIFT)
+        parts.append((iova, pa, npg, attrs))
+
+    def progressions(prefixes, rows):
+        """Level-3 tables whose 512 pages follow on with one set of attributes are one run each."""
+        first = rows[:, 0]
+        whole = ((first & U64(d.DESC_TYPE_MASK)) == U64(d.DESC_PAGE)) & (rows == first[:, None] + _PAGE_STEPS).all(axis=1)
+        if whole.any():
+            f = first[whole]
+            add(prefixes[whole].astype(U64) << U64(level_shift(LAST_LEVEL - 1)), f & U64(d.oa_mask(LAST_LEVEL)),
+                np.full(len(f), ENTRIES, np.int64), f & keep)
+        return whole
+
     for level in pt.fmt.levels:
-        for g, desc in leaf_chunks(pt, level, ranges):
+        rows_first = progressions if level == LAST_LEVEL and level != pt.fmt.start_level else None
+        for g, desc in leaf_chunks(pt, level, ranges, rows_first):
             npg = np.full(len(g), level_pages(level), np.int64)
-            iova, pa, npg, attrs = _runs(g.astype(U64) << U64(level_shift(level)), desc & U64(d.oa_mask(level)),
-                                         npg, desc & keep)
-            if ranges is not None:           # cut runs, not leaves: far fewer of them
-                first, npg, pa, attrs = _clip(iova.astype(np.int64) >> GRANULE_SHIFT, npg, pa, attrs, ranges)
-                iova = first.astype(U64) << U64(GRANULE_SHIFT)
-            parts.append((iova, pa, npg, attrs))
+            add(*_runs(g.astype(U64) << U64(level_shift(level)), desc & U64(d.oa_mask(level)), npg, desc & keep))
     if not parts:
         return Extents.empty()
     iova, pa, npg, attrs = (np.concatenate(x) for x in zip(*parts))

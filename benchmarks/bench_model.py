@@ -1,0 +1,86 @@
+"""The Xen model: whole hosts booting, per sync policy and driver API.
+
+time_ classes boot a host; track_ classes report the model's answers (table
+memory per GiB of guest RAM, invalidations and cache cleans per boot, pages a
+lazy populate copies, used over the toolstack's reservation) so a change in
+any of them shows on the commit that caused it. The large host (`ServerBoot`,
+512 GiB, dom0 + 100 domUs) runs with the invariant off, as a speed run; its
+size can be shrunk with IOMMU_BENCH_DOMUS.
+"""
+
+from __future__ import annotations
+
+import os
+
+from iommu_core.scenario import small_h3, synthetic_server
+from iommu_core.xen.domain import POLICIES
+from iommu_core.xen.host import Host, HostConfig
+from iommu_core.xen.iommu import APIS
+
+DOMUS = int(os.environ.get("IOMMU_BENCH_DOMUS", "100"))
+GIB = 1 << 30
+
+
+def boot(policy: str, api: str, scenario=small_h3, check: bool = False) -> list[dict]:
+    b, specs = scenario()
+    return Host(b, HostConfig(policy=policy, api=api, check=check)).run(specs)
+
+
+class SmallH3Boot:
+    """The small H3 host (dom0 + 4 domUs), invariant on as in the tests."""
+
+    params = [list(POLICIES), list(APIS)]
+    param_names = ["policy", "api"]
+
+    def time_boot(self, policy, api):
+        boot(policy, api, check=True)
+
+
+class ServerBoot:
+    """A 512 GiB server, dom0 + 100 domUs of 256 MiB to 8 GiB (a fifth with a device), invariant off."""
+
+    params = [list(POLICIES), list(APIS)]
+    param_names = ["policy", "api"]
+    number = 1
+    repeat = (1, 3, 60.0)
+    timeout = 300
+
+    def time_boot(self, policy, api):
+        boot(policy, api, lambda: synthetic_server(DOMUS))
+
+
+class Answers:
+    """The model's answers on the small H3 host, per policy and API."""
+
+    params = [list(POLICIES), list(APIS)]
+    param_names = ["policy", "api"]
+
+    def setup_cache(self):
+        return {(p, a): boot(p, a) for p in POLICIES for a in APIS}
+
+    def track_iommu_bytes_per_guest_gib(self, runs, policy, api):
+        records = runs[(policy, api)]
+        return sum(r["iommu_table_bytes"] for r in records) / (sum(r["ram_bytes"] for r in records) / GIB)
+
+    track_iommu_bytes_per_guest_gib.unit = "bytes/GiB"
+
+    def track_invalidations_per_boot(self, runs, policy, api):
+        return sum(r["invalidations"] for r in runs[(policy, api)])
+
+    track_invalidations_per_boot.unit = "invalidations"
+
+    def track_cache_lines_cleaned_per_boot(self, runs, policy, api):
+        return sum(r["cache_lines_cleaned"] for r in runs[(policy, api)])
+
+    track_cache_lines_cleaned_per_boot.unit = "lines"
+
+    def track_populate_pages(self, runs, policy, api):
+        return sum(r["populate_pages"] for r in runs[(policy, api)])
+
+    track_populate_pages.unit = "pages"
+
+    def track_used_over_reserved(self, runs, policy, api):
+        records = runs[(policy, api)]
+        return sum(r["iommu_table_bytes"] for r in records) / sum(r["toolstack_reserved_bytes"] for r in records)
+
+    track_used_over_reserved.unit = "ratio"
