@@ -81,3 +81,37 @@ def test_image_lists_an_exported_table(tmp_path, capsys):
     assert "p2m-s2-40, stage 2, 40-bit input" in out and "16,384 pages" in out and "more (--limit)" in out
     assert main(["image", str(tmp_path / "missing")]) == 2
     assert "no such image" in capsys.readouterr().err
+
+
+def test_boot_prints_a_row_per_domain_and_writes_records(tmp_path, capsys):
+    out = tmp_path / "boot.jsonl"
+    assert main(["boot", "--policy", "lazy", "--api", "blocks", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["domain"] for r in records] == ["dom0", "driver", "guest", "hotplug", "small"]
+    assert all(r["policy"] == "lazy" and r["api"] == "blocks" and r["mismatches"] == 0 for r in records)
+    assert all(r["domain"] in printed for r in records)
+
+
+def test_boot_all_prints_one_summary_row_per_combination(capsys):
+    assert main(["boot", "--policy", "all", "--api", "all"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(1 for line in lines if line.split()[:1] in (["eager"], ["lazy"], ["declared"], ["shared"])) == 12
+
+
+def test_boot_reports_an_impossible_combination(capsys):
+    assert main(["boot", "--policy", "shared", "--api", "batched", "--p2m-format", "p2m-s2-48"]) == 0
+    assert "not applicable" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["boot", "--policy", "sometimes", "--api", "batched"],
+                                  ["boot", "--policy", "eager"]])
+def test_boot_refuses_bad_arguments(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+
+
+def test_boot_names_an_unknown_scenario(capsys):
+    assert main(["boot", "--scenario", "moon", "--policy", "eager", "--api", "batched"]) == 2
+    assert "unknown scenario 'moon'" in capsys.readouterr().err
