@@ -95,14 +95,15 @@ def _as_int_array(name: str, value, n: int | None) -> np.ndarray:
     return arr if n is None or arr.ndim == 1 else np.broadcast_to(arr, (n,))
 
 
-def _codes(name: str, value, table: dict[str, int], allowed, n: int) -> np.ndarray:
+def name_codes(name: str, value, table: dict[str, int], allowed, n: int) -> np.ndarray:
+    """Codes of a batch's named values (one for all, or one per extent); unknown names are refused."""
     arr = np.asarray(value)
     if arr.ndim > 1:
         raise ExtentError(f"{name} must be a scalar or a 1-d array, got shape {arr.shape}")
     if arr.ndim == 0:
         v = arr.item()
         if v not in allowed:
-            raise ExtentError(f"extent 0: unknown {name} {v!r}; this format accepts {list(allowed)}", 0)
+            raise ExtentError(f"extent 0: unknown {name} {v!r}; choose from {list(allowed)}", 0)
         return np.full(n, table[v], dtype=np.uint8)
     if len(arr) != n:
         raise ExtentError(f"{name} has {len(arr)} entries for {n} extents")
@@ -110,7 +111,7 @@ def _codes(name: str, value, table: dict[str, int], allowed, n: int) -> np.ndarr
     for v in uniq.tolist():
         if v not in allowed:
             i = int(np.flatnonzero(arr == v)[0])
-            raise ExtentError(f"extent {i}: unknown {name} {v!r}; this format accepts {list(allowed)}", i)
+            raise ExtentError(f"extent {i}: unknown {name} {v!r}; choose from {list(allowed)}", i)
     return np.array([table[v] for v in uniq], dtype=np.uint8)[inv]
 
 
@@ -188,8 +189,8 @@ def map_batch(fmt: Format, iova, pa, npages, perm, memtype, sw) -> Batch:
     if bad.any():
         i = int(np.argmax(bad))
         raise ExtentError(f"extent {i}: sw {int(sw_a[i])} does not fit the 4 software bits (0..15)", i)
-    perm_c = _codes("perm", perm, PERMS, allowed_perms(fmt), n)
-    mem_c = _codes("memtype", memtype, MEMTYPES, tuple(MEMTYPES), n)
+    perm_c = name_codes("perm", perm, PERMS, allowed_perms(fmt), n)
+    mem_c = name_codes("memtype", memtype, MEMTYPES, tuple(MEMTYPES), n)
     _check_disjoint(in_page, np_a, order)
     return Batch(in_page[order], (pa_a // GRANULE)[order], np_a[order], perm_c[order],
                  mem_c[order], sw_a[order].astype(np.uint8), order)

@@ -26,6 +26,8 @@ from .p2m_types import DMA_PERM_BY_CODE
 
 GIB = 1 << 30
 STEP_BATCH_PAGES = (1 << 30) // GRANULE      # RAM is populated in batches of at most 1 GiB
+# The only record fields that differ between two runs of one seed: wall-clock measurements.
+WALL_FIELDS = ("engine_wall_s", "sim_pages_per_s_wall")
 
 
 def toolstack_reservation(ram_bytes: int) -> int:
@@ -268,8 +270,8 @@ class Host:
             "unmap_lat_std_us": iommu.unmap_latency.std_us() if iommu else 0.0,
             "mismatches": k.mismatches,
             "seed": cfg.seed,
-            "host_wall_s": total_wall,
-            "sim_pages_per_wall_s": sum(x.counts.p2m_pages_mapped for x in self.domains) / total_wall
+            "engine_wall_s": total_wall,
+            "sim_pages_per_s_wall": sum(x.counts.p2m_pages_mapped for x in self.domains) / total_wall
             if total_wall else 0.0,
         }
         return rec

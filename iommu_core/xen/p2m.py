@@ -17,7 +17,7 @@ from ..pgtable import Extents, Format, PageTable
 from ..pgtable.extents import merge_runs
 from ..pgtable.format import GRANULE
 from . import intervals as iv
-from .p2m_types import CODE, DMA_PERM_BY_CODE, DMA_PERM, MEMTYPE, TYPES, codes
+from .p2m_types import CODE, DMA_PERM, DMA_PERM_BY_CODE, MEMTYPE, TYPES, codes
 
 P2M_BASE = 0x40_0000_0000            # where the model puts P2M table pages (any aligned address works)
 

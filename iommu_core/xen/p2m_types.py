@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..pgtable.descriptors import MEMTYPES, PERMS
+from ..pgtable.extents import name_codes
 
 # Order = the code stored in the entry's software bits [58:55].
 TYPES = ("invalid", "ram_rw", "ram_ro", "mmio_direct_dev", "mmio_direct_nc", "mmio_direct_c",
@@ -35,17 +36,4 @@ MEMTYPE_BY_CODE = np.array([MEMTYPES[MEMTYPE[t]] for t in TYPES] + [0] * (16 - l
 
 def codes(types, n: int) -> np.ndarray:
     """Type codes of a batch: one name for all, or one per extent. Unknown names are refused."""
-    arr = np.asarray(types)
-    if arr.ndim == 0:
-        name = arr.item()
-        if name not in CODE:
-            raise ValueError(f"extent 0: unknown P2M type {name!r}; types are {list(TYPES)}")
-        return np.full(n, CODE[name], np.uint8)
-    if len(arr) != n:
-        raise ValueError(f"{len(arr)} P2M types for {n} extents")
-    uniq, inv = np.unique(arr, return_inverse=True)
-    for name in uniq.tolist():
-        if name not in CODE:
-            i = int(np.flatnonzero(arr == name)[0])
-            raise ValueError(f"extent {i}: unknown P2M type {name!r}; types are {list(TYPES)}")
-    return np.array([CODE[name] for name in uniq.tolist()], np.uint8)[inv]
+    return name_codes("P2M type", types, CODE, TYPES, n)
