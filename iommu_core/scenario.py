@@ -17,12 +17,13 @@ GIB = 1 << 30
 
 def small_h3(dom0_mem: int = GIB):
     """dom0, a driver domain with EtherAVB (declared), a guest served by dom0's backends,
-    a guest that gets SDHI0 hot-plugged, and a small guest destroyed at the end."""
+    a guest that gets SDHI0 and SDHI1 hot-plugged and SDHI0 taken away again, and a
+    small guest destroyed at the end."""
     specs = [
         DomainSpec("dom0", "dom0", dom0_mem, passthrough=True),
         DomainSpec("driver", "driver", 512 * MIB, passthrough=True, devices=("etheravb",)),
         DomainSpec("guest", "guest", GIB, grant_pages=256, balloon_bytes=64 * MIB),
-        DomainSpec("hotplug", "guest", 256 * MIB, hotplug=("sdhi0",)),
+        DomainSpec("hotplug", "guest", 256 * MIB, hotplug=("sdhi0", "sdhi1"), unplug=("sdhi0",)),
         DomainSpec("small", "small", 128 * MIB, destroy=True),
     ]
     return board("h3"), specs

@@ -29,7 +29,7 @@ def test_eager_gives_every_domain_a_table():
 def test_declared_gives_tables_only_to_declared_domains_and_refuses_hotplug():
     _, r = run("declared")
     assert r["guest"]["iommu_table_bytes"] == 0 and r["driver"]["iommu_table_bytes"] > 0
-    assert r["hotplug"]["assign_refused_undeclared"] == 1 and r["hotplug"]["devices"] == 0
+    assert r["hotplug"]["assign_refused_undeclared"] == 2 and r["hotplug"]["devices"] == 0
 
 
 def test_lazy_builds_a_table_at_first_assignment_from_the_whole_p2m():
@@ -114,8 +114,9 @@ def life_cycles(draw):
         free = free[len(devs):]
         hot = tuple(d for d in free[:draw(st.integers(0, 1))])
         free = free[len(hot):]
+        unplug = tuple(x for x in devs + hot if draw(st.booleans()))
         specs.append(DomainSpec(f"d{i}", "guest", ram, passthrough=draw(st.booleans()) or bool(devs),
-                                devices=devs, hotplug=hot, grant_pages=draw(st.sampled_from([0, 7, 600])),
+                                devices=devs, hotplug=hot, unplug=unplug, grant_pages=draw(st.sampled_from([0, 7, 600])),
                                 balloon_bytes=draw(st.sampled_from([0, 4 * MIB, 3 * MIB + 8192])),
                                 destroy=draw(st.booleans())))
     return specs
@@ -157,3 +158,17 @@ def test_a_seed_gives_the_same_records_but_for_wall_clock_fields():
     assert all(strip(a[k]) == strip(b[k]) for k in a)
     c = run("lazy", "per-page", seed=6, fragmentation=0.2)[1]
     assert any(strip(a[k]) != strip(c[k]) for k in a)
+
+
+def test_unplug_gives_the_context_back_when_the_last_device_goes():
+    host, r = run("eager")
+    hot = next(d for d in host.domains if d.name == "hotplug")
+    assert set(hot.devices) == {"sdhi1"} and hot.domid in host.contexts.holders
+    assert r["hotplug"]["devices"] == 2
+    b = board("h3")
+    specs = [DomainSpec("dom0", "dom0", 256 * MIB, passthrough=True),
+             DomainSpec("d", "guest", 64 * MIB, hotplug=("sdhi0",), unplug=("sdhi0",))]
+    host, _ = run("eager", specs=specs, b=b)
+    assert host.contexts.holders == {0}
+    with pytest.raises(ValueError, match="cannot unplug 'sata'"):
+        DomainSpec("d", "guest", 64 * MIB, unplug=("sata",))

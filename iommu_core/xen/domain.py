@@ -39,6 +39,7 @@ class DomainSpec:
     passthrough: bool = False            # created with the passthrough flag (XEN_DOMCTL_CDF_iommu)
     devices: tuple[str, ...] = ()        # assigned at creation
     hotplug: tuple[str, ...] = ()        # assigned once booted
+    unplug: tuple[str, ...] = ()         # deassigned after that (devices it has)
     grant_pages: int = 0                 # pages a backend (dom0) maps from this domain
     grant_frames: int = 32
     balloon_bytes: int = 0               # ballooned out, then back in
@@ -48,6 +49,9 @@ class DomainSpec:
         if self.ram_bytes <= 0 or self.ram_bytes % GRANULE:
             raise ValueError(f"domain {self.name!r}: ram_bytes must be a positive multiple of 4 KiB, "
                              f"got {self.ram_bytes}")
+        unknown = sorted(set(self.unplug) - set(self.devices) - set(self.hotplug))
+        if unknown:
+            raise ValueError(f"domain {self.name!r}: cannot unplug {unknown[0]!r}, which it is never given")
         if self.balloon_bytes < 0 or self.balloon_bytes % GRANULE or self.balloon_bytes > self.ram_bytes:
             raise ValueError(f"domain {self.name!r}: balloon_bytes {self.balloon_bytes} must be a multiple of "
                              f"4 KiB within its RAM")
@@ -213,7 +217,10 @@ class Domain:
         populate_inv = self.iommu.counts.invalidations - inv_before - inv
         return ns + step_ns - populate_inv * self.host.costs.iotlb_inv_ns, inv + populate_inv
 
-    def deassign(self, device: str, mmio: tuple[np.ndarray, np.ndarray]) -> tuple[float, int]:
+    def deassign(self, device: str, mmio: tuple[np.ndarray, np.ndarray]) -> tuple[float, int] | None:
+        """Take a device away (None if the domain does not have it): unmap its MMIO, free the context."""
+        if device not in self.devices:
+            return None
         ns, inv = self.update(mmio[0], mmio[0], mmio[1], "invalid")
         ipmmu = self.devices.pop(device)
         if ipmmu not in self.devices.values():

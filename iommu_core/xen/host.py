@@ -137,6 +137,8 @@ class Host:
             steps.append(("balloon-in", lambda: d.populate_ram(n)))
         for name in spec.hotplug:
             steps.append(("assign", lambda name=name: self._assign(d, name)))
+        for name in spec.unplug:
+            steps.append(("deassign", lambda name=name: d.deassign(name, self._mmio([name]))))
         if spec.destroy:
             steps.append(("destroy", lambda: self._destroy(d, dom0)))
         return steps
