@@ -13,6 +13,11 @@ from .pgtable import PRESETS, ExtentError, Format
 MIB = 1 << 20
 
 
+def _shipped() -> list[str]:
+    from .scenarios.files import shipped
+    return sorted(shipped())
+
+
 def _formats(value: str) -> list[Format]:
     names = sorted(PRESETS) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
     try:
@@ -127,9 +132,9 @@ def _host_row(policy: str, api: str, records: list[dict]) -> dict:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    from .scenario import builtin
+    from .scenarios.files import load_scenario
     from .xen.domain import POLICIES
-    from .xen.host import Host, HostConfig
+    from .xen.host import Host
     from .xen.iommu import APIS, NotApplicable
 
     policies = list(POLICIES) if args.policy == "all" else [args.policy]
@@ -139,11 +144,12 @@ def cmd_boot(args: argparse.Namespace) -> int:
     try:
         for policy in policies:
             for api in apis:
-                board, specs = builtin(args.scenario)
+                scenario = load_scenario(args.scenario, seed=args.seed)
+                board, specs = scenario.board, list(scenario.specs)
                 try:
-                    config = HostConfig(policy=policy, api=api, iommu_format=args.format,
-                                        p2m_format=args.p2m_format, seed=args.seed, check=not args.no_check,
-                                        fragmentation=args.fragmentation)
+                    config = scenario.host_config(policy=policy, api=api, iommu_format=args.format,
+                                                  p2m_format=args.p2m_format, seed=args.seed,
+                                                  check=not args.no_check, fragmentation=args.fragmentation)
                     records = Host(board, config).run(specs)
                 except NotApplicable as e:
                     print(f"{policy} / {api}: not applicable: {e}")
@@ -152,7 +158,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
                     for r in records:
                         out.write(json.dumps(r) + "\n")
                 if len(policies) * len(apis) == 1:
-                    print(f"{args.scenario} on {board.name}: policy {policy}, API {api}, IOMMU format "
+                    print(f"{scenario.name} on {board.name}: policy {policy}, API {api}, IOMMU format "
                           f"{args.format}, P2M {args.p2m_format}, seed {args.seed}")
                     _print_rows([_domain_row(r) for r in records], DOMAIN_COLUMNS)
                 host_rows.append(_host_row(policy, api, records))
@@ -199,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "into the IOMMU as the policy says, check after every step that the IOMMU translates "
                     "exactly the P2M's DMA view, and print one row of metrics per domain. With --policy "
                     "all and/or --api all, every combination runs and a summary per host is printed.")
-    b.add_argument("--scenario", default="small-h3", help="built-in scenario: small-h3 (default), server-100")
+    b.add_argument("--scenario", default="small-h3",
+                   help=f"a shipped scenario ({', '.join(_shipped())}; default small-h3) or a path to a "
+                        f"scenario file (.toml) of your own: copy a shipped one to start")
     b.add_argument("--policy", required=True, choices=["eager", "lazy", "declared", "shared", "all"])
     b.add_argument("--api", required=True, choices=["per-page", "batched", "blocks", "all"])
     b.add_argument("--format", default="ipmmu-s1-39", choices=["ipmmu-s1-32", "ipmmu-s1-39"],

@@ -114,4 +114,4 @@ def test_boot_refuses_bad_arguments(argv, capsys):
 
 def test_boot_names_an_unknown_scenario(capsys):
     assert main(["boot", "--scenario", "moon", "--policy", "eager", "--api", "batched"]) == 2
-    assert "unknown scenario 'moon'" in capsys.readouterr().err
+    assert "no such scenario file" in capsys.readouterr().err

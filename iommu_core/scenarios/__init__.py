@@ -1,0 +1,1 @@
+"""Scenarios: boards from device trees, domain mixes from scenario files, traces."""

@@ -1,0 +1,500 @@
+"""Board profiles from flattened device trees (.dts text or .dtb blobs), and back.
+
+`board_from_devicetree(path)` reads a tree with the pure-Python `fdt` package and
+builds a `Board` (iommu_core.xen.board); `board_to_dts(board)` writes a .dts that
+reads back to the same board. data/h3.dts is `board_to_dts(h3())`.
+
+Reading rules
+-------------
+- Format: a file starting with the FDT magic 0xd00dfeed, or named *.dtb / *.dtbo,
+  is a blob; anything else is .dts text. The .dts must be preprocessed (no
+  `#include`: run cpp, or compile with dtc to a .dtb) and fdt's parser does not
+  apply top-level `&label { ... };` overrides (compile those with dtc too).
+- Addresses: a node's `reg` is parsed with its parent's `#address-cells` /
+  `#size-cells` (default 2 and 1, as the devicetree spec says; they are not
+  inherited). The walk starts at the root and descends only into `simple-bus`
+  nodes (compatible contains "simple-bus", e.g. /soc), each with its own cells;
+  children of other nodes (PCI, I2C, reserved-memory, ...) are not memory-mapped
+  and are ignored. A bus without `ranges`, or with an empty `ranges;`, is taken as
+  identity; a non-empty `ranges` is applied (one level of (child, parent, size)
+  windows per bus; a `reg` outside every window is an error).
+- Status: a node whose `status` is present and not "okay"/"ok" (e.g. "disabled")
+  is skipped with its whole subtree.
+- RAM: a node with device_type = "memory", or named memory / memory@..., gives one
+  RAM bank per reg pair (zero-sized pairs ignored), sorted by base.
+- IOMMUs: a node whose compatible contains "ipmmu", or whose name starts with
+  "iommu" or "ipmmu", is an IOMMU and contributes no MMIO. IOMMU nodes without
+  `renesas,ipmmu-main` are main IPMMUs: `Board.ipmmus` is their number (at least 1),
+  numbered in tree order; a cache IPMMU's `renesas,ipmmu-main = <&main N>` names its
+  main IPMMU.
+- DMA masters: a node with `reg` and `iommus` (or `iommu-map`, whose second cell is
+  the phandle) is a `DmaMaster`: name = node name without the unit address (when
+  names repeat among masters, the full node name with the unit address, and the
+  full path if that repeats too); regions = its reg pairs; ipmmu = the label of the
+  IOMMU node its first phandle points to (the node's dts label, else its label in
+  /__symbols__ of a `dtc -@` blob, else its node name without the unit address)
+  with an "ipmmu_" / "ipmmu-" prefix stripped ("ipmmu_ds0" -> "ds0"), or "unknown"
+  when the phandle resolves to no node; main_ipmmu = the index of that IOMMU's main
+  IPMMU (0 when unknown).
+- Other MMIO: every other node with `reg` (not RAM, not an IOMMU, not a master).
+- Pages: a region's base is rounded down to 4 KiB and its end up. A master's own
+  regions keep their reg order and are merged only where they then overlap
+  (touching ones stay apart, like PCIe windows); other MMIO regions are
+  sorted and merged where they overlap or touch, and pages that belong to a master
+  are cut out of them, so Board's overlap checks only fail for genuine clashes
+  (two masters, or MMIO and RAM).
+- Board: name = `name` or the file's stem ("h3.dts" -> "h3"); ipmmu_contexts and
+  reserved_contexts come from the arguments (a tree does not say them).
+- Errors: a missing or unreadable file, a tree fdt cannot parse, a `reg` whose
+  length is not a whole number of (address + size) cells, a `reg` outside its
+  bus's ranges, no memory node, or a Board that refuses the result: ValueError
+  naming the file and the node path.
+
+So `board_from_devicetree(board_to_dts(b))` equals `b` except that other_mmio is
+sorted and merged as above (the same pages) and the name comes from the file.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import fdt
+
+from iommu_core.xen.board import PAGE, Board, DmaMaster, MmioRegion
+
+FDT_MAGIC = b"\xd0\x0d\xfe\xed"
+DEFAULT_ADDRESS_CELLS = 2
+DEFAULT_SIZE_CELLS = 1
+
+__all__ = ["board_from_devicetree", "board_to_dts"]
+
+
+# --- small helpers on fdt nodes ------------------------------------------------------------
+
+def _path(node) -> str:
+    if node.parent is None:
+        return "/"
+    parent = node.path
+    return (parent.rstrip("/") + "/" + node.name) if parent != "/" else "/" + node.name
+
+
+def _raw(prop) -> bytes:
+    """A property's value as the bytes a blob holds, whatever class fdt chose for it."""
+    if prop is None:
+        return b""
+    if isinstance(prop, fdt.PropWords):
+        return b"".join(struct.pack(">I", w) for w in prop.data)
+    if isinstance(prop, fdt.PropBytes):
+        return bytes(prop.data)
+    if isinstance(prop, fdt.PropStrings):
+        return b"".join(s.encode("ascii") + b"\0" for s in prop.data)
+    return b""
+
+
+def _strings(node, name: str) -> list[str]:
+    raw = _raw(node.get_property(name))
+    return [s.decode("ascii", "replace") for s in raw.split(b"\0") if s]
+
+
+def _cells(node, name: str, where: str) -> list[int]:
+    raw = _raw(node.get_property(name))
+    if len(raw) % 4:
+        raise ValueError(f"{where}: {name} is {len(raw)} bytes, not a whole number of 32-bit cells")
+    return [w for (w,) in struct.iter_unpack(">I", raw)]
+
+
+def _cell_count(node, name: str, default: int, where: str) -> int:
+    if node.get_property(name) is None:
+        return default
+    cells = _cells(node, name, where)
+    if len(cells) != 1:
+        raise ValueError(f"{where}: {name} must be one cell, got {len(cells)}")
+    return cells[0]
+
+
+def _join(cells: list[int]) -> int:
+    v = 0
+    for c in cells:
+        v = (v << 32) | c
+    return v
+
+
+def _base_name(name: str) -> str:
+    return name.split("@", 1)[0]
+
+
+def _available(node) -> bool:
+    status = _strings(node, "status")
+    return not status or status[0] in ("okay", "ok")
+
+
+def _is_memory(node) -> bool:
+    return "memory" in _strings(node, "device_type") or _base_name(node.name) == "memory"
+
+
+def _is_iommu(node) -> bool:
+    return (any("ipmmu" in c for c in _strings(node, "compatible"))
+            or node.name.startswith(("iommu", "ipmmu")))
+
+
+def _is_bus(node) -> bool:
+    return "simple-bus" in _strings(node, "compatible")
+
+
+def _all_nodes(root):
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(node.nodes))
+
+
+# --- reading --------------------------------------------------------------------------------
+
+def _load(path: Path):
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such device tree file (node /)") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the device tree (node /): {e}") from None
+    try:
+        if data.startswith(FDT_MAGIC) or path.suffix in (".dtb", ".dtbo"):
+            tree = fdt.parse_dtb(data)
+        else:
+            text = data.decode("utf-8")
+            if re.search(r"^\s*#include\b", text, flags=re.MULTILINE):
+                raise ValueError("#include is not supported: preprocess with cpp or compile with dtc")
+            tree = fdt.parse_dts(text, root_dir=str(path.parent))
+    except Exception as e:  # noqa: BLE001 -- fdt raises bare Exception, AssertionError, struct.error, ...
+        raise ValueError(f"{path}: cannot parse the device tree (node /): {type(e).__name__}: {e}") from None
+    if tree.root is None:
+        raise ValueError(f"{path}: the device tree has no root node (node /)")
+    return tree
+
+
+class _Reader:
+    def __init__(self, path: Path, tree):
+        self.file = path
+        self.root = tree.root
+        self.by_phandle: dict[int, object] = {}
+        symbols: dict[str, str] = {}
+        for node in _all_nodes(self.root):
+            for prop in ("phandle", "linux,phandle"):
+                cells = _cells(node, prop, self._where(node)) if node.get_property(prop) is not None else []
+                if len(cells) == 1:
+                    self.by_phandle.setdefault(cells[0], node)
+            if node.name == "__symbols__" and node.parent is self.root:
+                for prop in node.props:
+                    value = _strings(node, prop.name)
+                    if value:
+                        symbols.setdefault(value[0], prop.name)
+        self.symbols = symbols
+        self.mains = [n for n in _all_nodes(self.root)
+                      if _is_iommu(n) and _available(n) and n.get_property("renesas,ipmmu-main") is None]
+
+    def _where(self, node) -> str:
+        return f"{self.file}: node {_path(node)}"
+
+    # addresses
+
+    def _reg(self, node, ac: int, sc: int, windows) -> list[tuple[int, int]]:
+        where = self._where(node)
+        cells = _cells(node, "reg", where)
+        step = ac + sc
+        if step == 0 or len(cells) % step:
+            raise ValueError(f"{where}: reg has {len(cells)} cells, not a multiple of "
+                             f"#address-cells + #size-cells = {ac} + {sc}")
+        out = []
+        for i in range(0, len(cells), step):
+            base = _join(cells[i:i + ac])
+            size = _join(cells[i + ac:i + step])
+            out.append((self._translate(base, size, windows, where), size))
+        return out
+
+    @staticmethod
+    def _translate(base: int, size: int, windows, where: str) -> int:
+        if windows is None:
+            return base
+        for child, parent, length in windows:
+            if child <= base and base + size <= child + length:
+                return parent + (base - child)
+        raise ValueError(f"{where}: reg [{base:#x}, {base + size:#x}) lies outside its bus's ranges")
+
+    def _windows(self, bus, ac: int, sc: int, parent_ac: int, parent_windows):
+        """The bus's ranges as (child, parent-bus address, size) triples, None for identity."""
+        where = self._where(bus)
+        if bus.get_property("ranges") is None:
+            return parent_windows
+        cells = _cells(bus, "ranges", where)
+        if not cells:
+            return parent_windows
+        step = ac + parent_ac + sc
+        if len(cells) % step:
+            raise ValueError(f"{where}: ranges has {len(cells)} cells, not a multiple of "
+                             f"child + parent address cells + size cells = {ac} + {parent_ac} + {sc}")
+        out = []
+        for i in range(0, len(cells), step):
+            child = _join(cells[i:i + ac])
+            parent = _join(cells[i + ac:i + ac + parent_ac])
+            size = _join(cells[i + ac + parent_ac:i + step])
+            out.append((child, self._translate(parent, size, parent_windows, where), size))
+        if all(c == p for c, p, _ in out) and parent_windows is None:
+            return None
+        return out
+
+    def walk(self):
+        """Yield (node, [(base, size), ...]) for every available node with reg on the root or a simple-bus."""
+        def visit(bus, windows, bus_ac):
+            where = self._where(bus)
+            ac = _cell_count(bus, "#address-cells", DEFAULT_ADDRESS_CELLS, where)
+            sc = _cell_count(bus, "#size-cells", DEFAULT_SIZE_CELLS, where)
+            if bus is not self.root:
+                windows = self._windows(bus, ac, sc, bus_ac, windows)
+            for child in bus.nodes:
+                if not _available(child):
+                    continue
+                if child.get_property("reg") is not None:
+                    yield child, self._reg(child, ac, sc, windows)
+                if _is_bus(child):
+                    yield from visit(child, windows, ac)
+        yield from visit(self.root, None, None)
+
+    # IOMMUs
+
+    def iommu_of(self, node) -> tuple[str, int]:
+        where = self._where(node)
+        if node.get_property("iommus") is not None:
+            cells = _cells(node, "iommus", where)
+            phandle = cells[0] if cells else None
+        else:
+            cells = _cells(node, "iommu-map", where)
+            phandle = cells[1] if len(cells) > 1 else None
+        target = self.by_phandle.get(phandle)
+        if target is None:
+            return "unknown", 0
+        label = target.label or self.symbols.get(_path(target)) or _base_name(target.name)
+        for prefix in ("ipmmu_", "ipmmu-"):
+            if label.startswith(prefix) and len(label) > len(prefix):
+                label = label[len(prefix):]
+                break
+        return label, self._main_index(target)
+
+    def _main_index(self, iommu) -> int:
+        # fdt's Node.__eq__ compares contents: look nodes up by identity.
+        ids = [id(n) for n in self.mains]
+        if id(iommu) in ids:
+            return ids.index(id(iommu))
+        if iommu.get_property("renesas,ipmmu-main") is not None:
+            cells = _cells(iommu, "renesas,ipmmu-main", self._where(iommu))
+            main = self.by_phandle.get(cells[0]) if cells else None
+            if id(main) in ids:
+                return ids.index(id(main))
+        return 0
+
+
+def _pages(base: int, size: int) -> tuple[int, int]:
+    start = base // PAGE * PAGE
+    end = -(-(base + size) // PAGE) * PAGE
+    return start, end
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for b, e in sorted(spans):
+        if out and b <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([b, e])
+    return out
+
+
+def _merge_in_order(spans: list[tuple[int, int]]) -> list[list[int]]:
+    """Merge overlapping spans (touching ones stay apart), keeping the order of first appearance."""
+    out: list[list[int]] = []
+    for b, e in spans:
+        hit = [x for x in out if x[0] < e and b < x[1]]
+        if not hit:
+            out.append([b, e])
+            continue
+        hit[0][:] = [min([b] + [x[0] for x in hit]), max([e] + [x[1] for x in hit])]
+        out = [x for x in out if not any(x is y for y in hit[1:])]
+    return out
+
+
+def _cut(spans: list[list[int]], holes: list[list[int]]) -> list[tuple[int, int]]:
+    """`spans` minus `holes` (both sorted, merged half-open intervals)."""
+    out = []
+    for b, e in spans:
+        pieces = [(b, e)]
+        for hb, he in holes:
+            nxt = []
+            for pb, pe in pieces:
+                if he <= pb or pe <= hb:
+                    nxt.append((pb, pe))
+                    continue
+                if pb < hb:
+                    nxt.append((pb, hb))
+                if he < pe:
+                    nxt.append((he, pe))
+            pieces = nxt
+        out.extend(pieces)
+    return out
+
+
+def board_from_devicetree(path, name: str | None = None, contexts: int = 8, reserved: int = 1) -> Board:
+    """The Board a .dts or .dtb file describes (rules: the module docstring)."""
+    path = Path(path)
+    tree = _load(path)
+    r = _Reader(path, tree)
+    banks: list[tuple[int, int]] = []
+    saw_memory = False
+    found: list[tuple[object, list[tuple[int, int]], str, int]] = []   # masters: node, regs, ipmmu, main
+    other: list[tuple[int, int]] = []
+    for node, regs in r.walk():
+        if _is_memory(node):
+            saw_memory = True
+            banks.extend((b, s) for b, s in regs if s)
+        elif _is_iommu(node):
+            continue
+        elif node.get_property("iommus") is not None or node.get_property("iommu-map") is not None:
+            found.append((node, regs, *r.iommu_of(node)))
+        else:
+            other.extend(_pages(b, s) for b, s in regs if s)
+    if not saw_memory:
+        raise ValueError(f"{path}: no memory node (device_type = \"memory\" or memory@...) "
+                         f"under / or a simple-bus (node /)")
+    base_names = [_base_name(n.name) for n, *_ in found]
+    full_names = [n.name for n, *_ in found]
+    masters = []
+    for node, regs, ipmmu, main in found:
+        mname = _base_name(node.name)
+        if base_names.count(mname) > 1:
+            mname = node.name if full_names.count(node.name) == 1 else _path(node)
+        spans = _merge_in_order([_pages(b, s) for b, s in regs if s])
+        if not spans:
+            raise ValueError(f"{r._where(node)}: DMA master has no non-empty reg region")
+        try:
+            masters.append(DmaMaster(mname, tuple(MmioRegion(b, e - b) for b, e in spans), ipmmu, main))
+        except ValueError as e:
+            raise ValueError(f"{r._where(node)}: {e}") from None
+    held = _merge([(rg.base, rg.end) for m in masters for rg in m.regions])
+    other_regions = tuple(MmioRegion(b, e - b) for b, e in _cut(_merge(other), held))
+    try:
+        return Board(name=name or path.stem, ram_banks=tuple(sorted(banks)), masters=tuple(masters),
+                     other_mmio=other_regions, ipmmu_contexts=contexts, reserved_contexts=reserved,
+                     ipmmus=max(1, len(r.mains)))
+    except ValueError as e:
+        raise ValueError(f"{path}: node /: {e}") from None
+
+
+# --- writing --------------------------------------------------------------------------------
+
+_NODE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9,._+-]*$")
+
+
+def _reg(base: int, size: int) -> str:
+    return f"<0x{base >> 32:x} 0x{base & 0xFFFF_FFFF:x} 0x{size >> 32:x} 0x{size & 0xFFFF_FFFF:x}>"
+
+
+def board_to_dts(board: Board) -> str:
+    """A .dts text of `board` that board_from_devicetree reads back to the same board.
+
+    Layout: 2/2 cells everywhere; one memory@... node per RAM bank; a /soc simple-bus
+    (identity `ranges;`) holding main IPMMU nodes ipmmu_mm (ipmmu_mm0, ipmmu_mm1, ...
+    when the board has several), one cache IPMMU node per group (label ipmmu_<group>,
+    `renesas,ipmmu-main = <&ipmmu_mm N>`), one node <name>@<first base> per master with
+    `iommus = <&ipmmu_<group> N>` (N counts masters within the group: a made-up
+    micro-TLB number), and one mmio@<base> node per other MMIO region. IPMMU nodes have
+    no reg (a board profile does not say where their registers are).
+    """
+    for m in board.masters:
+        if (not _NODE_NAME.match(m.name) or _base_name(m.name) == "memory"
+                or m.name.startswith(("iommu", "ipmmu"))):
+            raise ValueError(f"board {board.name}: master name {m.name!r} cannot be a device tree node name "
+                             f"that reads back as a DMA master")
+    groups: dict[str, int] = {}
+    for m in board.masters:
+        if not re.match(r"^[A-Za-z0-9_-]+$", m.ipmmu):
+            raise ValueError(f"board {board.name}: IPMMU group {m.ipmmu!r} cannot be a device tree label")
+        if groups.setdefault(m.ipmmu, m.main_ipmmu) != m.main_ipmmu:
+            raise ValueError(f"board {board.name}: IPMMU group {m.ipmmu!r} sits behind main IPMMUs "
+                             f"{groups[m.ipmmu]} and {m.main_ipmmu}; a tree gives a group one main IPMMU")
+    mains = ["ipmmu_mm"] if board.ipmmus == 1 else [f"ipmmu_mm{i}" for i in range(board.ipmmus)]
+    t = "\t"
+    lines = [
+        "/dts-v1/;",
+        "",
+        "/ {",
+        f'{t}model = "iommu-bench board {board.name}";',
+        f'{t}compatible = "iommu-bench,{board.name}";',
+        f"{t}#address-cells = <2>;",
+        f"{t}#size-cells = <2>;",
+        "",
+    ]
+    for base, size in board.ram_banks:
+        lines += [f"{t}memory@{base:x} {{",
+                  f'{t}{t}device_type = "memory";',
+                  f"{t}{t}reg = {_reg(base, size)};",
+                  f"{t}}};", ""]
+    lines += [f"{t}soc {{",
+              f'{t}{t}compatible = "simple-bus";',
+              f"{t}{t}#address-cells = <2>;",
+              f"{t}{t}#size-cells = <2>;",
+              f"{t}{t}ranges;", ""]
+    for label in mains:
+        lines += [f"{t}{t}{label}: {label.replace('_', '-')} {{",
+                  f'{t}{t}{t}compatible = "renesas,ipmmu-vmsa";',
+                  f"{t}{t}{t}#iommu-cells = <1>;",
+                  f"{t}{t}}};", ""]
+    for i, (group, main) in enumerate(groups.items()):
+        label = f"ipmmu_{group}"
+        lines += [f"{t}{t}{label}: ipmmu-{group} {{",
+                  f'{t}{t}{t}compatible = "renesas,ipmmu-vmsa";',
+                  f"{t}{t}{t}#iommu-cells = <1>;",
+                  f"{t}{t}{t}renesas,ipmmu-main = <&{mains[main]} {i}>;",
+                  f"{t}{t}}};", ""]
+    utlb: dict[str, int] = {}
+    for m in board.masters:
+        n = utlb.get(m.ipmmu, 0)
+        utlb[m.ipmmu] = n + 1
+        regs = ", ".join(_reg(r.base, r.size) for r in m.regions)
+        lines += [f"{t}{t}{m.name}@{m.regions[0].base:x} {{",
+                  f"{t}{t}{t}reg = {regs};",
+                  f"{t}{t}{t}iommus = <&ipmmu_{m.ipmmu} {n}>;",
+                  f"{t}{t}}};", ""]
+    for r in board.other_mmio:
+        lines += [f"{t}{t}mmio@{r.base:x} {{",
+                  f"{t}{t}{t}reg = {_reg(r.base, r.size)};",
+                  f"{t}{t}}};", ""]
+    lines += [f"{t}}};", "};", ""]
+    return "\n".join(lines)
+
+
+# --- the shipped H3 profile -----------------------------------------------------------------
+
+H3_DTS = Path(__file__).with_name("data") / "h3.dts"
+
+H3_DTS_HEADER = """\
+// R-Car H3 Salvator-X board profile of iommu-bench: the h3() board of
+// iommu_core/xen/board.py, from the "R-Car H3 Salvator-X" section of
+// shared/HARDWARE.md (RAM banks, DMA masters and their IPMMU groups, other MMIO).
+// Not a Linux device tree: only what a Board needs. Node names are the master
+// names; the second iommus cell is a made-up micro-TLB number; IPMMU nodes have
+// no reg. Edit it, or copy it, and load it with
+// iommu_core.scenarios.devicetree.board_from_devicetree(path).
+// Regenerate with: python -m iommu_core.scenarios.devicetree
+"""
+
+
+def h3_dts() -> str:
+    """The text of data/h3.dts: the header comment, then board_to_dts(h3())."""
+    from iommu_core.xen.board import h3
+    return H3_DTS_HEADER + "\n" + board_to_dts(h3())
+
+
+if __name__ == "__main__":
+    H3_DTS.write_text(h3_dts())
+    print(f"wrote {H3_DTS}")
