@@ -14,14 +14,37 @@ import os
 
 import numpy as np
 
-from iommu_core.scenario import small_h3, synthetic_server
-from iommu_core.xen.domain import POLICIES
+from iommu_core.scenarios.files import load_scenario
+from iommu_core.xen.board import board
+from iommu_core.xen.domain import POLICIES, DomainSpec
 from iommu_core.xen.host import Host, HostConfig
 from iommu_core.xen.iommu import APIS, UnsharedIommu
 from iommu_core.xen.p2m import P2M
 
+MIB = 1 << 20
 DOMUS = int(os.environ.get("IOMMU_BENCH_DOMUS", "100"))
 GIB = 1 << 30
+
+
+def synthetic_server(domus: int = 100, ram_gib: int = 512, seed: int = 0, device_share: float = 0.2):
+    """dom0 plus many domUs of 256 MiB to 8 GiB; a share of them with a PCIe function each."""
+    rng = np.random.default_rng(seed)
+    sizes = (rng.choice([256, 512, 1024, 2048, 4096, 8192], domus) * MIB).tolist()
+    with_dev = rng.random(domus) < device_share
+    b = board("server", ram_gib=ram_gib, functions=max(1, int(with_dev.sum())))
+    specs = [DomainSpec("dom0", "dom0", 4 * GIB, passthrough=True)]
+    fn = 0
+    for i, (size, dev) in enumerate(zip(sizes, with_dev)):
+        devices = (f"pcie-fn{fn}",) if dev else ()
+        fn += bool(dev)
+        specs.append(DomainSpec(f"d{i + 1}", "driver" if dev else "guest", int(size), passthrough=bool(dev),
+                                devices=devices, grant_pages=64))
+    return b, specs
+
+
+def small_h3():
+    s = load_scenario("small-h3")
+    return s.board, list(s.specs)
 
 
 def boot(policy: str, api: str, scenario=small_h3, check: bool = False) -> list[dict]:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iommu_core.scenario import small_h3
+from iommu_core.scenarios.files import load_scenario
 from iommu_core.xen.board import board
 from iommu_core.xen.domain import DomainSpec
 from iommu_core.xen.host import WALL_FIELDS, Host, HostConfig, toolstack_reservation
@@ -14,9 +14,9 @@ MIB = 1 << 20
 
 
 def run(policy, api="batched", specs=None, b=None, **kw):
-    b0, s0 = small_h3()
-    host = Host(b or b0, HostConfig(policy=policy, api=api, **kw))
-    records = host.run(specs or s0)
+    small = load_scenario("small-h3")
+    host = Host(b or small.board, HostConfig(policy=policy, api=api, **kw))
+    records = host.run(specs or list(small.specs))
     return host, {r["domain"]: r for r in records}
 
 

@@ -4,7 +4,6 @@ import time
 
 import pytest
 
-from iommu_core.scenario import small_h3
 from iommu_core.scenarios.files import Scenario, ScenarioError, load_scenario, shipped
 from iommu_core.xen.host import Host
 
@@ -50,15 +49,6 @@ def test_server_loads_and_boots_without_the_invariant():
     records = Host(s.board, s.host_config(policy="eager", api="blocks", check=False)).run(list(s.specs))
     assert len(records) == 101
     assert time.perf_counter() - t < 15
-
-
-def test_small_h3_file_is_the_built_in_small_h3():
-    s = load_scenario("small-h3")
-    b, specs = small_h3()
-    assert s.specs == tuple(specs)
-    assert s.board == b
-    cfg = s.host_config(policy="lazy")
-    assert cfg.dom0_mem == 1 << 30 and cfg.arrival_spread_ns == 1e6 and cfg.policy == "lazy"
 
 
 def test_load_by_path_equals_load_by_name():
@@ -241,3 +231,8 @@ def test_a_scenario_can_take_its_board_from_a_device_tree(tmp_path):
     (tmp_path / "bad.toml").write_text('[scenario]\nname = "dt"\nboard = "missing.dtb"\n')
     with pytest.raises(ScenarioError, match=r"bad.toml: scenario.board: cannot read the device tree"):
         load_scenario(str(tmp_path / "bad.toml"))
+
+
+def test_host_config_carries_the_scenario_settings():
+    cfg = load_scenario("small-h3").host_config(policy="lazy")
+    assert cfg.dom0_mem == 1 << 30 and cfg.arrival_spread_ns == 1e6 and cfg.policy == "lazy"
