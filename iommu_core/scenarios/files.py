@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import operator
 import re
 import tomllib
 from dataclasses import dataclass
@@ -86,7 +85,7 @@ from pathlib import Path
 import numpy as np
 
 from ..pgtable.format import GRANULE
-from ..xen.board import BOARDS, Board
+from ..xen.board import BOARDS, Board, checked_int
 from ..xen.board import board as make_board
 from ..xen.domain import MAGIC_PAGES, DomainSpec
 from ..xen.host import HostConfig
@@ -130,14 +129,10 @@ def load_scenario(path_or_name: str, seed: int = 0) -> Scenario:
     """The scenario in a .toml file, or the shipped scenario of that name; mixes drawn with `seed`."""
     if not isinstance(path_or_name, (str, Path)):
         raise ScenarioError(f"scenario: must be a path or a shipped name (got {path_or_name!r})")
-    if isinstance(seed, bool):
-        raise ScenarioError(f"{path_or_name}: seed: must be an integer (got {seed!r})")
     try:
-        seed = operator.index(seed)
-    except TypeError:
-        raise ScenarioError(f"{path_or_name}: seed: must be an integer (got {seed!r})") from None
-    if seed < 0:
-        raise ScenarioError(f"{path_or_name}: seed: must be at least 0 (got {seed})")
+        seed = checked_int("seed", seed, 0)
+    except ValueError as e:
+        raise ScenarioError(f"{path_or_name}: {e}") from None
     text = str(path_or_name)
     ships = shipped()
     if text in ships:

@@ -23,7 +23,7 @@ MIB = 1 << 20
 GIB = 1 << 30
 
 
-def _int(what: str, value, minimum: int | None = None) -> int:
+def checked_int(what: str, value, minimum: int | None = None) -> int:
     """`value` as a Python int (numpy integers accepted, bool and float refused)."""
     if isinstance(value, bool):
         raise ValueError(f"{what} must be an integer, got {value!r}")
@@ -44,8 +44,8 @@ class MmioRegion:
     size: int
 
     def __post_init__(self):
-        base = _int("MMIO base", self.base, 0)
-        size = _int(f"size of the MMIO region at {base:#x}", self.size, 1)
+        base = checked_int("MMIO base", self.base, 0)
+        size = checked_int(f"size of the MMIO region at {base:#x}", self.size, 1)
         if base % PAGE:
             raise ValueError(f"MMIO base {base:#x} is not 4 KiB-aligned")
         object.__setattr__(self, "base", base)
@@ -95,7 +95,7 @@ class DmaMaster:
         if not isinstance(self.ipmmu, str) or not self.ipmmu:
             raise ValueError(f"DMA master {self.name!r} needs an IPMMU group name, got {self.ipmmu!r}")
         object.__setattr__(self, "regions", regions)
-        object.__setattr__(self, "main_ipmmu", _int(f"main IPMMU of {self.name!r}", self.main_ipmmu, 0))
+        object.__setattr__(self, "main_ipmmu", checked_int(f"main IPMMU of {self.name!r}", self.main_ipmmu, 0))
 
     @property
     def mmio_bytes(self) -> int:
@@ -121,8 +121,8 @@ class Board:
                 base, size = bank
             except (TypeError, ValueError):
                 raise ValueError(f"board {self.name}: RAM bank {bank!r} is not a (base, size) pair") from None
-            base = _int(f"board {self.name}: RAM bank base", base, 0)
-            size = _int(f"board {self.name}: size of the RAM bank at {base:#x}", size, 1)
+            base = checked_int(f"board {self.name}: RAM bank base", base, 0)
+            size = checked_int(f"board {self.name}: size of the RAM bank at {base:#x}", size, 1)
             if base % PAGE or size % PAGE:
                 raise ValueError(f"board {self.name}: RAM bank ({base:#x}, {size:#x}) is not 4 KiB-aligned")
             banks.append((base, size))
@@ -147,11 +147,11 @@ class Board:
             raise ValueError(f"board {self.name}: DMA master names {dup} appear more than once")
         object.__setattr__(self, "masters", masters)
         object.__setattr__(self, "other_mmio", other)
-        ctx = _int(f"board {self.name}: ipmmu_contexts", self.ipmmu_contexts, 1)
-        res = _int(f"board {self.name}: reserved_contexts", self.reserved_contexts, 0)
+        ctx = checked_int(f"board {self.name}: ipmmu_contexts", self.ipmmu_contexts, 1)
+        res = checked_int(f"board {self.name}: reserved_contexts", self.reserved_contexts, 0)
         if res >= ctx:
             raise ValueError(f"board {self.name}: reserved_contexts {res} leaves none of {ctx} contexts usable")
-        n = _int(f"board {self.name}: ipmmus", self.ipmmus, 1)
+        n = checked_int(f"board {self.name}: ipmmus", self.ipmmus, 1)
         object.__setattr__(self, "ipmmu_contexts", ctx)
         object.__setattr__(self, "reserved_contexts", res)
         object.__setattr__(self, "ipmmus", n)
@@ -318,8 +318,8 @@ def server(ram_gib: int = 512, functions: int = 64) -> Board:
     i sits behind main IPMMU i % 4 (micro-TLB group "hc<i % 4>"). Configuration space is
     one 256 MiB ECAM region at 0x3000_0000.
     """
-    ram_gib = _int("server ram_gib", ram_gib, 1)
-    functions = _int("server functions", functions, 1)
+    ram_gib = checked_int("server ram_gib", ram_gib, 1)
+    functions = checked_int("server functions", functions, 1)
     low = min(ram_gib, 2) * GIB
     banks = [(SERVER_LOW_RAM[0], low)]
     if ram_gib > 2:

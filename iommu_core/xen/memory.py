@@ -54,6 +54,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .board import checked_int
+
 PAGE_SHIFT = 12
 PAGE = 1 << PAGE_SHIFT
 CHUNK_2M = 512                 # pages in a 2 MiB chunk
@@ -191,15 +193,7 @@ def _fragments(s: np.ndarray, c: np.ndarray):
 
 
 def _owner(owner) -> int:
-    if isinstance(owner, bool):
-        raise ValueError(f"owner must be a non-negative integer (a domain id), got {owner!r}")
-    try:
-        o = operator.index(owner)
-    except TypeError:
-        raise ValueError(f"owner must be a non-negative integer (a domain id), got {owner!r}") from None
-    if o < 0:
-        raise ValueError(f"owner must be a non-negative integer (a domain id), got {o}")
-    return o
+    return checked_int("owner (a domain id)", owner, 0)
 
 
 def _extent_args(mfn, count, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -248,14 +242,7 @@ class MachineMemory:
         if (isinstance(fragmentation, bool) or not isinstance(fragmentation, numbers.Real)
                 or not math.isfinite(fragmentation) or not 0.0 <= fragmentation <= 1.0):
             raise ValueError(f"fragmentation must be a number in [0, 1], got {fragmentation!r}")
-        if isinstance(seed, bool):
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        try:
-            seed = operator.index(seed)
-        except TypeError:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}") from None
-        if seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        seed = checked_int("seed", seed, 0)
         bs, bc = [], []
         for bank in banks:
             try:
