@@ -171,6 +171,57 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _host_settings(scenario, config) -> dict:
+    return {"scenario": scenario.name, "dom0_mem": config.dom0_mem, "seed": config.seed,
+            "arrival_spread_ns": config.arrival_spread_ns, "policy": config.policy, "api": config.api,
+            "iommu_format": config.iommu_format, "p2m_format": config.p2m_format,
+            "fragmentation": config.fragmentation}
+
+
+def cmd_trace_record(args: argparse.Namespace) -> int:
+    from .scenarios.files import load_scenario
+    from .traceio import write_trace
+    from .xen.host import Host
+    from .xen.trace import Recorder
+
+    scenario = load_scenario(args.scenario, seed=args.seed)
+    config = scenario.host_config(policy=args.policy, api=args.api, iommu_format=args.format,
+                                  p2m_format=args.p2m_format, seed=args.seed, fragmentation=args.fragmentation)
+    host = Host(scenario.board, config)
+    host.recorder = Recorder()
+    host.run(list(scenario.specs))
+    path = write_trace(args.output, host.recorder.rows, scenario.board, list(scenario.specs),
+                       _host_settings(scenario, config))
+    print(f"{path}: {len(host.recorder.rows):,} rows of {len(scenario.specs)} domains "
+          f"(scenario {scenario.name}, recorded under {args.policy} / {args.api}, seed {args.seed})")
+    return 0
+
+
+def cmd_trace_replay(args: argparse.Namespace) -> int:
+    from .traceio import read_trace
+    from .xen.host import Host, HostConfig
+    from .xen.iommu import NotApplicable
+    from .xen.trace import steps_from_rows
+
+    cols, board, specs, settings = read_trace(args.trace)
+    steps = steps_from_rows(cols, len(specs))
+    try:
+        config = HostConfig(policy=args.policy, api=args.api, iommu_format=args.format,
+                            p2m_format=args.p2m_format, dom0_mem=settings["dom0_mem"], seed=settings["seed"],
+                            arrival_spread_ns=settings["arrival_spread_ns"], check=not args.no_check)
+    except NotApplicable as e:
+        print(f"{args.policy} / {args.api}: not applicable: {e}")
+        return 0
+    records = Host(board, config).replay(specs, steps)
+    print(f"{args.trace}: {len(cols['op']):,} rows replayed under {args.policy} / {args.api}")
+    _print_rows([_domain_row(r) for r in records], DOMAIN_COLUMNS)
+    if args.json:
+        with open(args.json, "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="iommu-bench",
@@ -220,6 +271,36 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="FILE", help="also write one JSON object per domain to FILE")
     b.add_argument("--no-check", action="store_true", help="skip the invariant checks (speed runs)")
     b.set_defaults(func=cmd_boot)
+
+    t = sub.add_parser("trace", help="record a scenario's P2M operations, or replay a trace",
+                       description="Traces: the stream of a host's P2M operations (Parquet).")
+    tsub = t.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
+    rec = tsub.add_parser("record", help="run a scenario and write its P2M operations to a trace",
+                          description="Run a scenario (as boot does) and write every life-cycle step's "
+                                      "P2M operations, assignments and teardowns to a Parquet trace. Machine "
+                                      "frames come from this run's allocation order, which depends on the "
+                                      "policy and API it runs with.")
+    rec.add_argument("scenario", help="a shipped scenario or a scenario file")
+    rec.add_argument("-o", "--output", required=True, help="the trace file to write (.parquet)")
+    rep = tsub.add_parser("replay", help="replay a trace under a policy and driver API",
+                          description="Replay a trace (recorded here or filled from a real hypervisor) "
+                                      "through a policy and driver API, with the same checks and metrics "
+                                      "as boot. The trace is validated first: a bad row is refused with "
+                                      "its number and the reason.")
+    rep.add_argument("trace", help="a trace file (.parquet)")
+    rep.add_argument("--json", metavar="FILE", help="also write one JSON object per domain to FILE")
+    rep.add_argument("--no-check", action="store_true", help="skip the invariant checks (speed runs)")
+    for p_, default in ((rec, "eager"), (rep, None)):
+        p_.add_argument("--policy", default=default, required=default is None,
+                        choices=["eager", "lazy", "declared", "shared"])
+        p_.add_argument("--api", default="batched" if default else None, required=default is None,
+                        choices=["per-page", "batched", "blocks"])
+        p_.add_argument("--format", default="ipmmu-s1-39", choices=["ipmmu-s1-32", "ipmmu-s1-39"])
+        p_.add_argument("--p2m-format", default="p2m-s2-40", choices=["p2m-s2-40", "p2m-s2-48"])
+    rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument("--fragmentation", type=float, default=0.0)
+    rec.set_defaults(func=cmd_trace_record)
+    rep.set_defaults(func=cmd_trace_replay)
 
     i = sub.add_parser(
         "image", help="list the mappings of an exported table image",

@@ -115,3 +115,19 @@ def test_boot_refuses_bad_arguments(argv, capsys):
 def test_boot_names_an_unknown_scenario(capsys):
     assert main(["boot", "--scenario", "moon", "--policy", "eager", "--api", "batched"]) == 2
     assert "no such scenario file" in capsys.readouterr().err
+
+
+def test_trace_record_then_replay_gives_the_boot_records(tmp_path, capsys):
+    trace = tmp_path / "t.parquet"
+    assert main(["trace", "record", "small-h3", "-o", str(trace), "--policy", "lazy", "--api", "blocks"]) == 0
+    assert main(["trace", "replay", str(trace), "--policy", "lazy", "--api", "blocks",
+                 "--json", str(tmp_path / "replay.jsonl")]) == 0
+    assert main(["boot", "--policy", "lazy", "--api", "blocks", "--json", str(tmp_path / "boot.jsonl")]) == 0
+    from iommu_core.xen.host import WALL_FIELDS
+    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k not in WALL_FIELDS}      # noqa: E731
+                          for line in path.read_text().splitlines()]
+    assert strip(tmp_path / "replay.jsonl") == strip(tmp_path / "boot.jsonl")
+    capsys.readouterr()
+    (tmp_path / "bad.parquet").write_bytes(b"nope")
+    assert main(["trace", "replay", str(tmp_path / "bad.parquet"), "--policy", "eager", "--api", "batched"]) == 2
+    assert "not a readable Parquet trace" in capsys.readouterr().err

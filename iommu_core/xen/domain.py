@@ -7,6 +7,7 @@ and returns the modelled CPU time and the IOTLB invalidations it queued.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,6 +122,15 @@ class Domain:
     def policy(self) -> str:
         return self.host.policy
 
+    def _record(self, op: str, device: str = "") -> None:
+        if self.host.recorder is not None:
+            self.host.recorder.action(op, device)
+
+    def _quiet(self):
+        """Updates an assign or deassign makes follow from it: a trace records the action only."""
+        rec = self.host.recorder
+        return rec.muted() if rec is not None else contextlib.nullcontext()
+
     # -- the IOMMU a policy gives ---------------------------------------------
     def _new_iommu(self):
         if self.policy == "shared":
@@ -128,6 +138,7 @@ class Domain:
         return UnsharedIommu(self.host.iommu_format, self.host.api, self.host.costs)
 
     def create(self) -> tuple[float, int]:
+        self._record("create")
         if self.policy == "eager" or (self.policy == "declared" and self.spec.passthrough):
             self.iommu = self._new_iommu()
         return 0.0, 0
@@ -136,6 +147,9 @@ class Domain:
     def update(self, gfn, mfn, nr, p2m_type) -> tuple[float, int]:
         """One P2M batch, followed by the IOMMU; (modelled CPU ns, IOTLB invalidations)."""
         c = self.host.costs
+        rec = self.host.recorder
+        if rec is not None:
+            rec.update(self.domid, gfn, mfn, nr, p2m_type)
         inv_before = self.iommu.counts.invalidations if self.iommu else 0
         change = self.p2m.set_entry(gfn, mfn, nr, p2m_type)
         st = change.stats
@@ -197,6 +211,11 @@ class Domain:
 
     def assign(self, device: str, mmio: tuple[np.ndarray, np.ndarray], ipmmu: int = 0) -> tuple[float, int] | None:
         """Give the domain a device (None if refused): context, IOMMU table as the policy says, MMIO."""
+        self._record("assign", device)
+        with self._quiet():
+            return self._assign(device, mmio, ipmmu)
+
+    def _assign(self, device, mmio, ipmmu):
         if self.policy == "declared" and not self.spec.passthrough:
             self.counts.assign_refused_undeclared += 1
             return None
@@ -221,7 +240,9 @@ class Domain:
         """Take a device away (None if the domain does not have it): unmap its MMIO, free the context."""
         if device not in self.devices:
             return None
-        ns, inv = self.update(mmio[0], mmio[0], mmio[1], "invalid")
+        self._record("deassign", device)
+        with self._quiet():
+            ns, inv = self.update(mmio[0], mmio[0], mmio[1], "invalid")
         ipmmu = self.devices.pop(device)
         if ipmmu not in self.devices.values():
             self.host.contexts.release(self.domid, ipmmu)
@@ -244,7 +265,8 @@ class Domain:
         m = mfn + nr - take
         sel = take > 0
         ns, inv = self.update(g[sel], 0, take[sel], "invalid")
-        self.host.memory.free(m[sel], take[sel], self.domid)
+        if self.host.memory is not None:              # None when replaying a trace
+            self.host.memory.free(m[sel], take[sel], self.domid)
         keep = nr - take
         self.ram = (gfn[keep > 0], mfn[keep > 0], keep[keep > 0])
         self.ram_pages -= npages
@@ -261,7 +283,7 @@ class Domain:
             ns += s["tables"] * c.table_alloc_ns
         mfn = np.concatenate((self.ram[1], self.xen_pages[0]))
         cnt = np.concatenate((self.ram[2], self.xen_pages[1]))
-        if len(mfn):
+        if len(mfn) and self.host.memory is not None:
             self.host.memory.free(mfn, cnt, self.domid)
         self.ram = (np.zeros(0, np.int64),) * 3
         self.xen_pages = (np.zeros(0, np.int64),) * 2

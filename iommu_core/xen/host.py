@@ -79,6 +79,7 @@ class Host:
         self.queue_free = 0.0
         self.rng = np.random.default_rng(config.seed)
         self.wall_s = 0.0
+        self.recorder = None                  # a trace.Recorder to record the run's steps
 
     # -- building the plan ---------------------------------------------------------------
     def _mmio(self, names) -> tuple[np.ndarray, np.ndarray]:
@@ -112,9 +113,8 @@ class Host:
         n = np.array([-(-r.size // GRANULE) for r in regions], np.int64)
         order = np.argsort(g)
         steps.append(("mmio", lambda: dom0.map_direct(g[order], n[order], "mmio_direct_dev")))
-        none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         for name in own:
-            steps.append(("assign", lambda name=name: dom0.assign(name, none, self.board.master(name).main_ipmmu)))
+            steps.append(("assign", lambda name=name: self._assign(dom0, name)))
         return steps
 
     def _domu_plan(self, d: Domain, dom0: Domain, foreign_cursor: list):
@@ -144,7 +144,9 @@ class Host:
         return steps
 
     def _assign(self, d: Domain, name: str):
-        return d.assign(name, self._mmio([name]), self.board.master(name).main_ipmmu)
+        # dom0 maps every MMIO region of the board in one step of its own.
+        mmio = self._mmio([]) if d.domid == 0 else self._mmio([name])
+        return d.assign(name, mmio, self.board.master(name).main_ipmmu)
 
     def _backend_map(self, d: Domain, dom0: Domain, gfn0: int):
         """dom0's backend maps the first grant_pages of the guest's RAM (foreign mappings)."""
@@ -160,14 +162,18 @@ class Host:
         ns, inv = 0.0, 0
         if getattr(d, "backend", None) is not None:
             ns, inv = dom0.update(d.backend[0], 0, d.backend[1], "invalid")
-        d.final_min_iommu_bytes = self._min_iommu_bytes(d)
-        t_ns, t_inv = d.teardown()
+        t_ns, t_inv = self._teardown(d)
         return ns + t_ns, inv + t_inv
+
+    def _teardown(self, d: Domain):
+        d.final_min_iommu_bytes = self._min_iommu_bytes(d)
+        if self.recorder is not None:
+            self.recorder.action("teardown")
+        return d.teardown()
 
     # -- running -------------------------------------------------------------------
     def run(self, specs: list[DomainSpec]) -> list[dict]:
         """Boot dom0 and the domains at once; run every step; return one record per domain."""
-        start = time.perf_counter()
         if not specs or specs[0].kind != "dom0":
             raise ValueError("the first domain spec must be dom0 (kind 'dom0')")
         passed = {name for s in specs[1:] for name in (*s.devices, *s.hotplug)}
@@ -178,14 +184,52 @@ class Host:
         dom0 = self.domains[0]
         cursor = [DOM0_FOREIGN_GFN]
         plans = [self._dom0_plan(dom0, passed)] + [self._domu_plan(d, dom0, cursor) for d in self.domains[1:]]
-        arrival = np.concatenate(([0.0], self.rng.uniform(0, self.config.arrival_spread_ns, len(specs) - 1)))
+        return self._schedule(plans)
+
+    def replay(self, specs: list[DomainSpec], steps: list[list[tuple[str, list]]]) -> list[dict]:
+        """Run recorded steps instead of a scenario's: per domain, (label, actions) in order.
+
+        Actions are ("create",), ("update", target domid, gfn, mfn, nr, types), ("assign", device),
+        ("deassign", device) and ("teardown",); machine frames come from the trace, so the
+        host's allocator is not used.
+        """
+        self.memory = None
+        self.domains = [Domain(self, i, s) for i, s in enumerate(specs)]
+        plans = [[(label, (lambda d=d, acts=acts: self._act(d, acts)) if label != "booted" else None)
+                  for label, acts in dom_steps] for d, dom_steps in zip(self.domains, steps)]
+        return self._schedule(plans)
+
+    def _act(self, d: Domain, actions: list):
+        ns, inv, ran = 0.0, 0, False
+        for act in actions:
+            if act[0] == "create":
+                out = d.create()
+            elif act[0] == "update":
+                out = self.domains[act[1]].update(*act[2:])
+            elif act[0] == "assign":
+                out = self._assign(d, act[1])
+            elif act[0] == "deassign":
+                out = d.deassign(act[1], self._mmio([act[1]]))
+            else:
+                out = self._teardown(d)
+            if out is not None:
+                ns, inv, ran = ns + out[0], inv + out[1], True
+        return (ns, inv) if ran else None
+
+    def _schedule(self, plans) -> list[dict]:
+        start = time.perf_counter()
+        n = len(plans)
+        arrival = np.concatenate(([0.0], self.rng.uniform(0, self.config.arrival_spread_ns, n - 1)))
         clock = arrival.copy()
-        heap = [(clock[i], self.rng.random(), i, 0) for i in range(len(specs))]
+        heap = [(clock[i], self.rng.random(), i, 0) for i in range(n)]
         heapq.heapify(heap)
+        rec = self.recorder
         while heap:
             _, _, i, k = heapq.heappop(heap)
             d, (label, step) = self.domains[i], plans[i][k]
             t0 = clock[i]
+            if rec is not None:
+                rec.begin(i, k, label, t0)
             if step is not None:
                 out = step()
                 if out is not None:
