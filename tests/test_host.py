@@ -172,3 +172,22 @@ def test_unplug_gives_the_context_back_when_the_last_device_goes():
     assert host.contexts.holders == {0}
     with pytest.raises(ValueError, match="cannot unplug 'sata'"):
         DomainSpec("d", "guest", 64 * MIB, unplug=("sata",))
+
+
+def test_h3_dom0_maps_its_memory_and_the_board_mmio_not_passed_through():
+    small = load_scenario("small-h3")
+    host = Host(small.board, HostConfig(policy="eager"))
+    host.run(list(small.specs))
+    assert small.board.ram_bytes == 3968 * MIB and len(small.board.ram_banks) == 4
+    dom0 = host.domains[0]
+    ext = dom0.p2m.entries()
+    from iommu_core.xen.p2m_types import CODE
+    ram = int(ext.npages[ext.sw == CODE["ram_rw"]].sum())
+    assert ram * 4096 == small.dom0_mem
+    passed = {n for s in small.specs[1:] for n in (*s.devices, *s.hotplug)}
+    want = {(r.base >> 12, -(-r.size >> 12)) for m in small.board.masters if m.name not in passed for r in m.regions}
+    want |= {(r.base >> 12, -(-r.size >> 12)) for r in small.board.other_mmio}
+    mmio = ext.sw == CODE["mmio_direct_dev"]
+    got_pages = int(ext.npages[mmio].sum())
+    assert got_pages == sum(n for _, n in want)
+    assert all(int(p) == int(v) for p, v in zip(ext.pa[mmio], ext.iova[mmio]))          # 1:1
