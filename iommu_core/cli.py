@@ -139,32 +139,28 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
     policies = list(POLICIES) if args.policy == "all" else [args.policy]
     apis = list(APIS) if args.api == "all" else [args.api]
-    out = open(args.json, "w") if args.json else None
+    all_records: list[dict] = []
     host_rows = []
-    try:
-        for policy in policies:
-            for api in apis:
-                scenario = load_scenario(args.scenario, seed=args.seed)
-                board, specs = scenario.board, list(scenario.specs)
-                try:
-                    config = scenario.host_config(policy=policy, api=api, iommu_format=args.format,
-                                                  p2m_format=args.p2m_format, seed=args.seed,
-                                                  check=not args.no_check, fragmentation=args.fragmentation)
-                    records = Host(board, config).run(specs)
-                except NotApplicable as e:
-                    print(f"{policy} / {api}: not applicable: {e}")
-                    continue
-                if out:
-                    for r in records:
-                        out.write(json.dumps(r) + "\n")
-                if len(policies) * len(apis) == 1:
-                    print(f"{scenario.name} on {board.name}: policy {policy}, API {api}, IOMMU format "
-                          f"{args.format}, P2M {args.p2m_format}, seed {args.seed}")
-                    _print_rows([_domain_row(r) for r in records], DOMAIN_COLUMNS)
-                host_rows.append(_host_row(policy, api, records))
-    finally:
-        if out:
-            out.close()
+    for policy in policies:
+        for api in apis:
+            scenario = load_scenario(args.scenario, seed=args.seed)
+            board, specs = scenario.board, list(scenario.specs)
+            try:
+                config = scenario.host_config(policy=policy, api=api, iommu_format=args.format,
+                                              p2m_format=args.p2m_format, seed=args.seed,
+                                              check=not args.no_check, fragmentation=args.fragmentation)
+                records = Host(board, config).run(specs)
+            except NotApplicable as e:
+                print(f"{policy} / {api}: not applicable: {e}")
+                continue
+            all_records += records
+            if len(policies) * len(apis) == 1:
+                print(f"{scenario.name} on {board.name}: policy {policy}, API {api}, IOMMU format "
+                      f"{args.format}, P2M {args.p2m_format}, seed {args.seed}")
+                _print_rows([_domain_row(r) for r in records], DOMAIN_COLUMNS)
+            host_rows.append(_host_row(policy, api, records))
+    if args.json:
+        _write_records(args.json, all_records)
     if len(host_rows) > 1:
         print(f"{args.scenario}: every domain of the host, summed (boot and assign: the slowest domain)")
         _print_rows(host_rows, HOST_COLUMNS)
@@ -216,10 +212,36 @@ def cmd_trace_replay(args: argparse.Namespace) -> int:
     print(f"{args.trace}: {len(cols['op']):,} rows replayed under {args.policy} / {args.api}")
     _print_rows([_domain_row(r) for r in records], DOMAIN_COLUMNS)
     if args.json:
-        with open(args.json, "w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        _write_records(args.json, records)
     return 0
+
+
+POLICY_CHOICES = ["eager", "lazy", "declared", "shared"]
+API_CHOICES = ["per-page", "batched", "blocks"]
+
+
+def _model_options(p: argparse.ArgumentParser, policy_default: str | None, allow_all: bool = False,
+                   run_options: bool = True) -> None:
+    """Options of a host run: policy, driver API, formats, and (when it allocates) seed and fragmentation."""
+    extra = ["all"] if allow_all else []
+    p.add_argument("--policy", default=policy_default, required=policy_default is None,
+                   choices=POLICY_CHOICES + extra, help="the sync policy" + (" (or all)" if allow_all else ""))
+    p.add_argument("--api", default="batched" if policy_default else None, required=policy_default is None,
+                   choices=API_CHOICES + extra, help="the IOMMU driver API" + (" (or all)" if allow_all else ""))
+    p.add_argument("--format", default="ipmmu-s1-39", choices=["ipmmu-s1-32", "ipmmu-s1-39"],
+                   help="the unshared IOMMU's table format (default ipmmu-s1-39)")
+    p.add_argument("--p2m-format", default="p2m-s2-40", choices=["p2m-s2-40", "p2m-s2-48"],
+                   help="the P2M's format (default p2m-s2-40, the size the IPMMU can share)")
+    if run_options:
+        p.add_argument("--seed", type=int, default=0, help="seed of the schedule and the allocator (default 0)")
+        p.add_argument("--fragmentation", type=float, default=0.0,
+                       help="share of the host's 2 MiB chunks handed out page by page (default 0)")
+
+
+def _write_records(path: str, records: list[dict]) -> None:
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,15 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scenario", default="small-h3",
                    help=f"a shipped scenario ({', '.join(_shipped())}; default small-h3) or a path to a "
                         f"scenario file (.toml) of your own: copy a shipped one to start")
-    b.add_argument("--policy", required=True, choices=["eager", "lazy", "declared", "shared", "all"])
-    b.add_argument("--api", required=True, choices=["per-page", "batched", "blocks", "all"])
-    b.add_argument("--format", default="ipmmu-s1-39", choices=["ipmmu-s1-32", "ipmmu-s1-39"],
-                   help="the unshared IOMMU's table format (default ipmmu-s1-39)")
-    b.add_argument("--p2m-format", default="p2m-s2-40", choices=["p2m-s2-40", "p2m-s2-48"],
-                   help="the P2M's format (default p2m-s2-40, the size the IPMMU can share)")
-    b.add_argument("--seed", type=int, default=0, help="seed of the schedule and the allocator (default 0)")
-    b.add_argument("--fragmentation", type=float, default=0.0,
-                   help="share of the host's 2 MiB chunks handed out page by page (default 0)")
+    _model_options(b, None, allow_all=True)
     b.add_argument("--json", metavar="FILE", help="also write one JSON object per domain to FILE")
     b.add_argument("--no-check", action="store_true", help="skip the invariant checks (speed runs)")
     b.set_defaults(func=cmd_boot)
@@ -290,15 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("trace", help="a trace file (.parquet)")
     rep.add_argument("--json", metavar="FILE", help="also write one JSON object per domain to FILE")
     rep.add_argument("--no-check", action="store_true", help="skip the invariant checks (speed runs)")
-    for p_, default in ((rec, "eager"), (rep, None)):
-        p_.add_argument("--policy", default=default, required=default is None,
-                        choices=["eager", "lazy", "declared", "shared"])
-        p_.add_argument("--api", default="batched" if default else None, required=default is None,
-                        choices=["per-page", "batched", "blocks"])
-        p_.add_argument("--format", default="ipmmu-s1-39", choices=["ipmmu-s1-32", "ipmmu-s1-39"])
-        p_.add_argument("--p2m-format", default="p2m-s2-40", choices=["p2m-s2-40", "p2m-s2-48"])
-    rec.add_argument("--seed", type=int, default=0)
-    rec.add_argument("--fragmentation", type=float, default=0.0)
+    _model_options(rec, "eager")
+    _model_options(rep, None, run_options=False)
     rec.set_defaults(func=cmd_trace_record)
     rep.set_defaults(func=cmd_trace_replay)
 
