@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/iommu-bench boot --policy all --api all
+	$(BIN)/iommu-bench sweep
 
 # pytest runs every test, slow ones included; then asv checks that every
 # benchmark imports and runs once (a broken benchmark fails here).

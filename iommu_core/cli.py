@@ -167,6 +167,46 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .results import read_results
+    from .sweep.grid import load_sweep
+    from .sweep.runner import run_sweep
+
+    sweep = load_sweep(args.sweep)
+    print(f"sweep {sweep.name}: {len(sweep.cells)} cells ({sweep.file})")
+    run_dir = run_sweep(sweep, Path(args.results), address=args.address, workers=args.workers,
+                        object_store_mb=args.object_store_mb)
+    table = read_results(run_dir)
+    print(f"results: {run_dir} ({table.num_rows:,} rows)")
+    rows = table.filter(pa_equal(table, "status", "ok")).to_pylist()
+    hosts: dict = {}
+    for r in rows:
+        key = (r["scenario"], r["policy"], r["api"], r["costs"])
+        h = hosts.setdefault(key, {"cells": set(), "iommu": 0, "inv": 0, "boot": 0.0, "refused": 0})
+        h["cells"].add(r["cell"])
+        h["iommu"] += r["iommu_table_bytes"]
+        h["inv"] += r["invalidations"]
+        h["boot"] = max(h["boot"], r["boot_ns"])
+        h["refused"] += r["assign_refused_context"] + r["assign_refused_undeclared"]
+    summary = [{"scenario": k[0], "policy": k[1], "api": k[2], "costs": k[3],
+                "iommu_mib": h["iommu"] / len(h["cells"]) / 2**20, "invalidations": h["inv"] // len(h["cells"]),
+                "boot_ms": h["boot"] / 1e6, "refused": h["refused"] / len(h["cells"])}
+               for k, h in sorted(hosts.items())]
+    print("per host, mean over seeds (boot: the slowest domain of any seed)")
+    _print_rows(summary, [("scenario", "scenario"), ("policy", "policy"), ("api", "api"), ("costs", "costs"),
+                          ("iommu_mib", "IOMMU MiB"), ("invalidations", "invalid."), ("boot_ms", "max boot ms"),
+                          ("refused", "refused")])
+    bad = table.filter(pa_equal(table, "status", "failed")).num_rows
+    if bad:
+        print(f"{bad} cells failed: see the 'error' column of {run_dir}")
+    return 0
+
+
+def pa_equal(table, column, value):
+    import pyarrow.compute as pc
+    return pc.equal(table[column], value)
+
+
 def _host_settings(scenario, config) -> dict:
     return {"scenario": scenario.name, "dom0_mem": config.dom0_mem, "seed": config.seed,
             "arrival_spread_ns": config.arrival_spread_ns, "policy": config.policy, "api": config.api,
@@ -286,6 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-check", action="store_true", help="skip the invariant checks (speed runs)")
     b.set_defaults(func=cmd_boot)
 
+    sw = sub.add_parser(
+        "sweep", help="run a grid of hosts (scenarios x policies x APIs x formats x costs x seeds) on Ray",
+        description="Expand a sweep file into cells and run them as Ray tasks (a local Ray by default, a "
+                    "cluster with --address or RAY_ADDRESS), streaming one Parquet row per domain per cell "
+                    "to results/runs/<run-id>/, then print a summary per policy and API.")
+    sw.add_argument("sweep", nargs="?", help="a sweep file (TOML); default: the project's default sweep")
+    sw.add_argument("--results", default="results/runs", help="where runs go (default results/runs)")
+    sw.add_argument("--address", help="a Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
+    sw.add_argument("--workers", type=_positive_int, help="cap on parallel tasks (default: every CPU Ray sees)")
+    sw.add_argument("--object-store-mb", type=_positive_int, help="object store of a local Ray, in MiB")
+    sw.set_defaults(func=cmd_sweep)
+
     t = sub.add_parser("trace", help="record a scenario's P2M operations, or replay a trace",
                        description="Traces: the stream of a host's P2M operations (Parquet).")
     tsub = t.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
@@ -324,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ExtentError, ValueError) as e:
+    except (ExtentError, ValueError, ConnectionError) as e:
         print(f"iommu-bench: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,130 @@
+"""Sweep results on disk: one Arrow schema, Parquet files in a hive-partitioned dataset.
+
+One row per domain per cell. The schema is defined once here, with units in
+field metadata and a version in schema metadata; readers refuse a version
+they do not know. Files are written under a temporary name and renamed into
+place, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+PARTITIONS = ("scenario", "policy", "api")
+
+
+def _f(name: str, typ, unit: str = "", doc: str = "") -> pa.Field:
+    meta = {k: v for k, v in (("unit", unit), ("doc", doc)) if v}
+    return pa.field(name, typ, metadata=meta or None)
+
+
+I64, F64, STR, BOOL = pa.int64(), pa.float64(), pa.string(), pa.bool_()
+FIELDS = [
+    _f("run_id", STR), _f("cell", STR, doc="the cell's key: scenario/policy/api/format/p2m_format/costs/seed"),
+    _f("scenario", STR), _f("policy", STR), _f("api", STR), _f("format", STR), _f("p2m_format", STR),
+    _f("costs", STR, doc="the cost-model variant's name"), _f("seed", I64),
+    _f("status", STR, doc="ok | failed | not-applicable"), _f("error", STR),
+    _f("domain", STR), _f("domid", I64), _f("kind", STR), _f("ram_bytes", I64, "bytes"),
+    _f("host_ram_bytes", I64, "bytes"), _f("devices", I64), _f("passthrough_flag", BOOL), _f("destroyed", BOOL),
+    _f("iommu_table_bytes", I64, "bytes", "peak"), _f("p2m_table_bytes", I64, "bytes", "peak"),
+    _f("iommu_table_bytes_final", I64, "bytes"), _f("p2m_table_bytes_final", I64, "bytes"),
+    *[_f(f"iommu_tables_l{lvl}", I64, "tables", "final") for lvl in range(4)],
+    *[_f(f"p2m_tables_l{lvl}", I64, "tables", "final") for lvl in range(4)],
+    _f("iommu_min_table_bytes", I64, "bytes"), _f("toolstack_reserved_bytes", I64, "bytes"),
+    _f("iommu_used_over_reserved", F64, "ratio"), _f("iommu_bytes_over_ram", F64, "ratio"),
+    _f("calls", I64), _f("descriptors_written", I64), _f("tables_allocated", I64), _f("tables_freed", I64),
+    _f("block_splits", I64), _f("invalidations", I64), _f("cache_lines_cleaned", I64, "lines"),
+    _f("populate_pages", I64, "pages"), _f("unreachable_pages", I64, "pages"),
+    _f("assign_refused_context", I64), _f("assign_refused_undeclared", I64),
+    _f("p2m_calls", I64), _f("p2m_descriptors_written", I64), _f("p2m_tables_allocated", I64),
+    _f("p2m_block_splits", I64), _f("tlb_flushes", I64),
+    _f("boot_ns", F64, "ns", "modelled"), _f("assign_ns", F64, "ns", "modelled, slowest assignment"),
+    _f("teardown_ns", F64, "ns", "modelled"), _f("inv_wait_ns", F64, "ns", "modelled wait for the queue"),
+    _f("map_lat_mean_us", F64, "us"), _f("map_lat_std_us", F64, "us"),
+    _f("unmap_lat_mean_us", F64, "us"), _f("unmap_lat_std_us", F64, "us"),
+    _f("mismatches", I64),
+    _f("engine_wall_s", F64, "s", "wall clock: differs between runs"),
+    _f("sim_pages_per_s_wall", F64, "pages/s", "wall clock: differs between runs"),
+    _f("cell_wall_s", F64, "s", "wall clock of the whole cell"), _f("worker", STR, doc="node and process of the cell"),
+]
+SCHEMA = pa.schema(FIELDS, metadata={"schema_version": SCHEMA_VERSION})
+NAMES = [f.name for f in FIELDS]
+
+
+class ResultsError(ValueError):
+    pass
+
+
+def row(record: dict, cell: dict) -> dict:
+    """A schema row from a host record and its cell's keys."""
+    r = {k: record.get(k) for k in NAMES}
+    for lvl in range(4):
+        r[f"iommu_tables_l{lvl}"] = int(record.get("iommu_tables_by_level", {}).get(str(lvl), 0))
+        r[f"p2m_tables_l{lvl}"] = int(record.get("p2m_tables_by_level", {}).get(str(lvl), 0))
+    r.update({k: cell[k] for k in cell if k in NAMES})
+    return r
+
+
+def placeholder(cell: dict, status: str, error: str) -> dict:
+    """The one row a cell gets when it has no domain records (failed, not applicable)."""
+    r = dict.fromkeys(NAMES)
+    r.update({k: cell[k] for k in cell if k in NAMES})
+    r.update(status=status, error=error)
+    return r
+
+
+def write_part(run_dir: Path, rows: list[dict], name: str, provenance: dict) -> None:
+    """Write rows into the run's dataset (hive partitions), atomically per file."""
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    table = table.replace_schema_metadata({**SCHEMA.metadata, b"provenance": json.dumps(provenance).encode()})
+    keys = table.select(list(PARTITIONS)).to_pylist()
+    for key in {tuple(k.values()) for k in keys}:
+        mask = [tuple(k.values()) == key for k in keys]
+        part = table.filter(pa.array(mask))
+        sub = run_dir.joinpath(*[f"{p}={v}" for p, v in zip(PARTITIONS, key)])
+        sub.mkdir(parents=True, exist_ok=True)
+        tmp = sub / f".{name}.parquet.tmp"
+        pq.write_table(part.drop_columns(list(PARTITIONS)), tmp)
+        os.replace(tmp, sub / f"{name}.parquet")
+
+
+def latest_run(results) -> Path:
+    runs = sorted(p for p in Path(results).iterdir() if p.is_dir() and any(p.glob("*=*")))
+    if not runs:
+        raise ResultsError(f"{results}: no runs")
+    return runs[-1]
+
+
+def read_results(path, run: str | None = None, **filters) -> pa.Table:
+    """One run's rows as a table (the run's directory, or `run` under a results directory,
+    or the latest run there), filtered by column values (policy=..., scenario=...)."""
+    root = Path(path)
+    if not root.exists():
+        raise ResultsError(f"no results at {root}")
+    if run is not None:
+        root = root / run
+    elif not any(root.glob("*=*")):
+        root = latest_run(root)
+    files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        raise ResultsError(f"{root}: no result files")
+    for f in files:
+        version = (pq.read_schema(f).metadata or {}).get(b"schema_version", b"").decode()
+        if version != SCHEMA_VERSION:
+            raise ResultsError(f"{f}: results schema version {version!r}; this reader knows {SCHEMA_VERSION!r}")
+    part = ds.partitioning(pa.schema([SCHEMA.field(p) for p in PARTITIONS]), flavor="hive")
+    table = ds.dataset([str(f) for f in files], format="parquet", partitioning=part,
+                       partition_base_dir=str(root)).to_table()
+    for column, value in filters.items():
+        if column not in table.column_names:
+            raise ResultsError(f"unknown column {column!r} to filter on")
+        table = table.filter(pc.equal(table[column], value))
+    return table
