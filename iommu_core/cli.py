@@ -175,7 +175,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep)
     print(f"sweep {sweep.name}: {len(sweep.cells)} cells ({sweep.file})")
     run_dir = run_sweep(sweep, Path(args.results), address=args.address, workers=args.workers,
-                        object_store_mb=args.object_store_mb)
+                        object_store_mb=args.object_store_mb, resume=args.resume)
     table = read_results(run_dir)
     print(f"results: {run_dir} ({table.num_rows:,} rows)")
     rows = table.filter(pa_equal(table, "status", "ok")).to_pylist()
@@ -336,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--address", help="a Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
     sw.add_argument("--workers", type=_positive_int, help="cap on parallel tasks (default: every CPU Ray sees)")
     sw.add_argument("--object-store-mb", type=_positive_int, help="object store of a local Ray, in MiB")
+    sw.add_argument("--resume", metavar="RUN-ID", help="finish an interrupted run: only cells without rows run")
     sw.set_defaults(func=cmd_sweep)
 
     t = sub.add_parser("trace", help="record a scenario's P2M operations, or replay a trace",

@@ -87,3 +87,21 @@ def test_the_default_sweep_answers_on_h3_and_the_server():
     sweep = load_sweep()
     assert {c.scenario for c in sweep.cells} == {"h3", "server"}
     assert len(sweep.cells) == 2 * 4 * 3 * 3 * 2
+
+
+def test_resume_runs_only_the_missing_cells_and_never_duplicates(tmp_path):
+    (tmp_path / "s.toml").write_text(SMALL)
+    sweep = load_sweep(tmp_path / "s.toml")
+    quiet = lambda *a, **k: None          # noqa: E731
+    # An interrupted run: only the first half of the cells got results.
+    half = type(sweep)(sweep.name, sweep.file, sweep.cells[:8], sweep.costs)
+    run_dir = run_sweep(half, tmp_path / "runs", workers=2, progress=quiet)
+    run_sweep(sweep, tmp_path / "runs", workers=2, progress=quiet, resume=run_dir.name)
+    rows = read_results(run_dir).to_pylist()
+    per_cell = {}
+    for r in rows:
+        per_cell.setdefault(r["cell"], set()).add(r["domain"])
+    assert len(per_cell) == 16
+    assert len(rows) == 12 * 5 + 4                          # no row twice
+    with pytest.raises(ValueError, match="no such run"):
+        run_sweep(sweep, tmp_path / "runs", resume="nope", progress=quiet)

@@ -85,9 +85,24 @@ def _check_address(address: str, timeout: float = 3.0) -> None:
                               f"--address / RAY_ADDRESS to run on a local Ray") from None
 
 
+def cells_done(run_dir: Path) -> set[str]:
+    """Keys of the cells a run already has rows for (whatever their status)."""
+    import pyarrow.parquet as pq
+
+    return {c for f in run_dir.rglob("*.parquet") if not f.name.startswith(".")
+            for c in pq.read_table(f, columns=["cell"]).column("cell").to_pylist()}
+
+
 def run_sweep(sweep: Sweep, results: Path, address: str | None = None, workers: int | None = None,
-              object_store_mb: int | None = None, progress=print) -> Path:
-    """Run every cell; return the run's directory under `results`."""
+              object_store_mb: int | None = None, progress=print, resume: str | None = None) -> Path:
+    """Run every cell (with resume: only those the run has no rows for); return the run's directory."""
+    if resume is not None:
+        run_dir = Path(results) / resume
+        if not run_dir.is_dir():
+            raise ValueError(f"--resume {resume!r}: no such run under {results}")
+        have = cells_done(run_dir)
+        sweep = Sweep(sweep.name, sweep.file, tuple(c for c in sweep.cells if c.key not in have), sweep.costs)
+        progress(f"resuming {resume}: {len(have)} cells have results, {len(sweep.cells)} to run")
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -100,9 +115,13 @@ def run_sweep(sweep: Sweep, results: Path, address: str | None = None, workers: 
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         parallel = min(cpus, workers or cpus)
-        run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-        run_dir = Path(results) / run_id
-        run_dir.mkdir(parents=True)
+        if resume is None:
+            run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+            run_dir = Path(results) / run_id
+            run_dir.mkdir(parents=True)
+        else:
+            run_id = resume
+        attempt = uuid.uuid4().hex[:6]             # part names of this attempt never clash with a resumed one
         started = datetime.datetime.now(datetime.timezone.utc).isoformat()
         provenance = {"package_version": __version__, "git_commit": _git_commit(), "host": platform.node(),
                       "python": sys.version.split()[0], "ray_nodes": len(ray.nodes()), "ray_cpus": cpus,
@@ -111,22 +130,29 @@ def run_sweep(sweep: Sweep, results: Path, address: str | None = None, workers: 
         task = ray.remote(max_retries=3)(run_cells)
         batches = _batches(sweep.cells)
         pending, in_flight, done, failed, t0 = list(enumerate(batches)), {}, 0, 0, time.perf_counter()
-        while pending or in_flight:
-            while pending and len(in_flight) < 2 * parallel:
-                k, cells = pending.pop(0)
-                in_flight[task.remote(cells, sweep.costs, run_id)] = (k, len(cells))
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            k, n = in_flight.pop(ready[0])
-            rows = ray.get(ready[0])
-            write_part(run_dir, rows, f"part-{k:05d}", provenance)
-            done += n
-            failed += len({r["cell"] for r in rows if r["status"] == "failed"})
-            elapsed = time.perf_counter() - t0
-            eta = elapsed / done * (len(sweep.cells) - done)
-            progress(f"\r{done}/{len(sweep.cells)} cells, {failed} failed, ETA {eta:5.0f} s", end="", flush=True)
+        status = "complete"
+        try:
+            while pending or in_flight:
+                while pending and len(in_flight) < 2 * parallel:
+                    k, cells = pending.pop(0)
+                    in_flight[task.remote(cells, sweep.costs, run_id)] = (k, len(cells))
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                k, n = in_flight.pop(ready[0])
+                rows = ray.get(ready[0])
+                write_part(run_dir, rows, f"part-{attempt}-{k:05d}", provenance)
+                done += n
+                failed += len({r["cell"] for r in rows if r["status"] == "failed"})
+                elapsed = time.perf_counter() - t0
+                eta = elapsed / done * (len(sweep.cells) - done)
+                progress(f"\r{done}/{len(sweep.cells)} cells, {failed} failed, ETA {eta:5.0f} s", end="", flush=True)
+        except KeyboardInterrupt:                 # stop cleanly: only whole files are left
+            status = "interrupted"
+            for ref in in_flight:
+                ray.cancel(ref, force=True)
+            progress(f"\ninterrupted: {done} cells have results; iommu-bench sweep --resume {run_id} finishes")
         progress("")
         manifest = {**provenance, "end": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                    "cells": len(sweep.cells), "cells_done": done, "cells_failed": failed,
+                    "status": status, "cells": len(sweep.cells), "cells_done": done, "cells_failed": failed,
                     "wall_s": time.perf_counter() - t0}
         tmp = run_dir / ".run.json.tmp"
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
