@@ -97,10 +97,17 @@ def write_part(run_dir: Path, rows: list[dict], name: str, provenance: dict) -> 
 
 
 def latest_run(results) -> Path:
-    runs = sorted(p for p in Path(results).iterdir() if p.is_dir() and any(p.glob("*=*")))
+    """The run that started last (by its run.json), e.g. the committed reference run on a fresh clone."""
+    runs = [p for p in Path(results).iterdir() if p.is_dir() and any(p.glob("*=*"))]
     if not runs:
         raise ResultsError(f"{results}: no runs")
-    return runs[-1]
+
+    def started(p: Path) -> str:
+        try:
+            return json.loads((p / "run.json").read_text())["start"]
+        except (OSError, ValueError, KeyError):
+            return ""
+    return max(runs, key=lambda p: (started(p), p.name))
 
 
 def read_results(path, run: str | None = None, **filters) -> pa.Table:

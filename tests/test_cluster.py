@@ -53,15 +53,25 @@ def test_a_worker_killed_mid_sweep_is_retried_and_every_cell_lands_once(cluster,
     sweep = load_sweep(tmp_path / "s.toml")
     killed = []
 
+    # Only this cluster's workers: children of its raylets (never a sweep someone else runs here).
+    raylets = {info.process.pid for node in cluster.list_all_nodes() for info in node.all_processes["raylet"]}
+
+    def parent(pid: str) -> int:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+        return -1
+
     def kill_one():
         deadline = time.time() + 60
         while time.time() < deadline and not killed:
             for proc in Path("/proc").glob("[0-9]*"):
                 try:
                     cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    ours = parent(proc.name) in raylets
                 except OSError:
                     continue
-                if "ray::run_cells" in cmd and int(proc.name) != os.getpid():   # Ray titles busy workers so
+                if "ray::run_cells" in cmd and ours:          # Ray titles a busy worker with its task
                     os.kill(int(proc.name), signal.SIGKILL)
                     killed.append(int(proc.name))
                     return

@@ -105,3 +105,13 @@ def test_resume_runs_only_the_missing_cells_and_never_duplicates(tmp_path):
     assert len(rows) == 12 * 5 + 4                          # no row twice
     with pytest.raises(ValueError, match="no such run"):
         run_sweep(sweep, tmp_path / "runs", resume="nope", progress=quiet)
+
+
+def test_the_committed_reference_run_reads_on_a_fresh_clone():
+    from pathlib import Path
+    runs = Path(__file__).parent.parent / "results" / "runs"
+    table = read_results(runs, run="reference")
+    assert len(set(table.column("cell").to_pylist())) == len(load_sweep().cells)
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    lazy = read_results(runs, run="reference", policy="lazy", scenario="h3")
+    assert set(lazy.column("policy").to_pylist()) == {"lazy"} and lazy.num_rows > 0

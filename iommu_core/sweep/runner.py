@@ -110,7 +110,8 @@ def run_sweep(sweep: Sweep, results: Path, address: str | None = None, workers: 
         _check_address(address)
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+        # address="local": always an embedded Ray of our own, never a cluster someone started here.
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
                  object_store_memory=object_store_mb * 2**20 if object_store_mb else None)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
