@@ -115,3 +115,15 @@ def test_the_committed_reference_run_reads_on_a_fresh_clone():
     assert set(table.column("status").to_pylist()) == {"ok"}
     lazy = read_results(runs, run="reference", policy="lazy", scenario="h3")
     assert set(lazy.column("policy").to_pylist()) == {"lazy"} and lazy.num_rows > 0
+
+
+def test_a_failing_cell_is_recorded_with_its_error():
+    from iommu_core.sweep.grid import Cell
+    from iommu_core.sweep.runner import run_cells
+    good = Cell("small-h3", "eager", "blocks", "ipmmu-s1-39", "p2m-s2-40", "default", 0, True)
+    bad = Cell("no-such-scenario", "eager", "blocks", "ipmmu-s1-39", "p2m-s2-40", "default", 0, True)
+    rows = run_cells([bad, good], {"default": {}}, "test-run")
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 1 and "no such scenario file" in failed[0]["error"]
+    assert failed[0]["cell"] == bad.key
+    assert sum(r["status"] == "ok" for r in rows) == 5          # the cell after it still ran

@@ -1,0 +1,105 @@
+"""The sweep on a local Ray: throughput, scaling over workers, and Ray's overhead.
+
+`python -m benchmarks.bench_sweep` measures, on this machine, the speed-up from
+1 to 2 workers on a CPU-bound grid (median of 3 runs each) and Ray's share of
+the default sweep's wall time; asv tracks a small sweep's boots per second.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from iommu_core.results import read_results
+from iommu_core.sweep.grid import Sweep, load_sweep
+from iommu_core.sweep.runner import run_sweep
+
+SCALING_GRID = """
+[sweep]
+name = "scaling"
+scenarios = ["server"]
+policies = ["eager", "declared"]
+apis = ["per-page", "batched"]
+seeds = [0, 1, 2]
+"""
+SMALL_GRID = """
+[sweep]
+name = "small"
+scenarios = ["small-h3", "m3w"]
+policies = ["eager", "lazy"]
+apis = ["batched"]
+seeds = [0, 1]
+"""
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+def sweep_of(text: str, where: Path) -> Sweep:
+    (where / "sweep.toml").write_text(text)
+    return load_sweep(where / "sweep.toml")
+
+
+def timed_run(sweep: Sweep, workers: int | None, where: Path) -> dict:
+    """The run's manifest (ray_start_s: Ray's start; wall_s: submitting cells to the last result) and
+    the summed wall time of its cells, in seconds."""
+    run_dir = run_sweep(sweep, where, workers=workers, progress=quiet)
+    manifest = json.loads((run_dir / "run.json").read_text())
+    table = read_results(run_dir)
+    cells = {c: w for c, w in zip(table.column("cell").to_pylist(), table.column("cell_wall_s").to_pylist())}
+    manifest["cells_wall_s"] = sum(cells.values())
+    return manifest
+
+
+class SmallSweep:
+    """A small grid (8 cells, 2 scenarios) on a local Ray with every CPU."""
+
+    timeout = 300
+    number = 1
+    repeat = (1, 1, 60.0)
+
+    def setup_cache(self):
+        with tempfile.TemporaryDirectory() as d:
+            m = timed_run(sweep_of(SMALL_GRID, Path(d)), None, Path(d))
+            table = read_results(Path(d))
+            return {"boots": len(set(zip(table.column("cell").to_pylist(), table.column("domain").to_pylist()))),
+                    **m}
+
+    def track_boots_per_second(self, m):
+        return m["boots"] / m["wall_s"]
+
+    track_boots_per_second.unit = "domain boots/s"
+
+    def track_ray_start_seconds(self, m):
+        return m["ray_start_s"]
+
+    track_ray_start_seconds.unit = "s"
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        where = Path(d)
+        grid = sweep_of(SCALING_GRID, where)
+        walls = {}
+        for workers in (1, 2):
+            runs = [timed_run(grid, workers, where) for _ in range(3)]
+            walls[workers] = statistics.median(r["wall_s"] for r in runs)
+            each = ", ".join(f"{r['wall_s']:.1f}" for r in runs)
+            print(f"scaling grid ({len(grid.cells)} cells), {workers} worker(s): median {walls[workers]:.1f} s "
+                  f"({each}), Ray start "
+                  f"{statistics.median(r['ray_start_s'] for r in runs):.1f} s", flush=True)
+        print(f"speed-up 1 -> 2 workers: {walls[1] / walls[2]:.2f}x")
+        default = timed_run(load_sweep(), None, where)
+        total = default["ray_start_s"] + default["wall_s"]
+        workers = default["workers"]
+        overhead = total - default["cells_wall_s"] / workers
+        print(f"default sweep ({default['cells']} cells, {workers} workers): {total:.1f} s in all, Ray start "
+              f"{default['ray_start_s']:.1f} s; cells' own time {default['cells_wall_s']:.1f} s; Ray's share "
+              f"(start and scheduling) {overhead / total:.1%}")
+
+
+if __name__ == "__main__":
+    main()
