@@ -127,3 +127,24 @@ def test_a_failing_cell_is_recorded_with_its_error():
     assert len(failed) == 1 and "no such scenario file" in failed[0]["error"]
     assert failed[0]["cell"] == bad.key
     assert sum(r["status"] == "ok" for r in rows) == 5          # the cell after it still ran
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes_the_run(tmp_path):
+    (tmp_path / "s.toml").write_text(SMALL)
+    sweep = load_sweep(tmp_path / "s.toml")
+    calls = []
+
+    def interrupt_after_first_result(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:                  # the first progress line comes after the first result
+            raise KeyboardInterrupt
+
+    run_dir = run_sweep(sweep, tmp_path / "runs", workers=2, progress=interrupt_after_first_result)
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["status"] == "interrupted" and 0 < manifest["cells_done"] < 16
+    assert not list(run_dir.rglob("*.tmp"))
+    partial = read_results(run_dir).num_rows
+    assert partial > 0
+    run_sweep(sweep, tmp_path / "runs", workers=2, progress=lambda *a, **k: None, resume=run_dir.name)
+    rows = read_results(run_dir).to_pylist()
+    assert len({r["cell"] for r in rows}) == 16 and len(rows) == 12 * 5 + 4
