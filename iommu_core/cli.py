@@ -168,6 +168,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    import pyarrow.compute as pc
+
     from .results import read_results
     from .sweep.grid import load_sweep
     from .sweep.runner import run_sweep
@@ -178,7 +180,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         object_store_mb=args.object_store_mb, resume=args.resume)
     table = read_results(run_dir)
     print(f"results: {run_dir} ({table.num_rows:,} rows)")
-    rows = table.filter(pa_equal(table, "status", "ok")).to_pylist()
+    rows = table.filter(pc.equal(table["status"], "ok")).to_pylist()
     hosts: dict = {}
     for r in rows:
         key = (r["scenario"], r["policy"], r["api"], r["costs"])
@@ -196,15 +198,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _print_rows(summary, [("scenario", "scenario"), ("policy", "policy"), ("api", "api"), ("costs", "costs"),
                           ("iommu_mib", "IOMMU MiB"), ("invalidations", "invalid."), ("boot_ms", "max boot ms"),
                           ("refused", "refused")])
-    bad = table.filter(pa_equal(table, "status", "failed")).num_rows
+    bad = table.filter(pc.equal(table["status"], "failed")).num_rows
     if bad:
         print(f"{bad} cells failed: see the 'error' column of {run_dir}")
     return 0
-
-
-def pa_equal(table, column, value):
-    import pyarrow.compute as pc
-    return pc.equal(table[column], value)
 
 
 def _host_settings(scenario, config) -> dict:

@@ -2,8 +2,8 @@
 
 A first end-to-end job on the engine alone: how big is each format's table for
 the same guest, how much of the guest can a format reach, and does every table
-decode to exactly the mappings asked for. Board and guest constants are the
-R-Car H3 Salvator-X and Xen guest layout of ../shared/HARDWARE.md.
+decode to exactly the mappings asked for. The board is the model's R-Car H3
+Salvator-X profile and the guest layout is the model's (Xen's) one.
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ import numpy as np
 
 from .pgtable import Extents, Format, PageTable
 from .pgtable.extents import merge_runs
-from .pgtable.format import GRANULE
+from .pgtable.format import GRANULE, GRANULE_SHIFT
+from .xen import domain as layout
+from .xen.board import h3
 
 MIB = 1 << 20
 GIB = 1 << 30
-H3_RAM_BANKS = ((0x0_4800_0000, 896 * MIB), (0x5_0000_0000, GIB), (0x6_0000_0000, GIB), (0x7_0000_0000, GIB))
-GUEST_RAM0 = (0x4000_0000, 3 * GIB)          # Xen's GUEST_RAM0_BASE / size
-GUEST_RAM1_BASE = 0x2_0000_0000
+H3_RAM_BANKS = h3().ram_banks
+GUEST_RAM0 = tuple(x << GRANULE_SHIFT for x in layout.GUEST_RAM0)   # (base, size) in bytes
+GUEST_RAM1_BASE = layout.GUEST_RAM1_GFN << GRANULE_SHIFT
 DOM0_MEM = GIB                               # taken from the first banks before the guest
 
 

@@ -97,10 +97,6 @@ class DmaMaster:
         object.__setattr__(self, "regions", regions)
         object.__setattr__(self, "main_ipmmu", checked_int(f"main IPMMU of {self.name!r}", self.main_ipmmu, 0))
 
-    @property
-    def mmio_bytes(self) -> int:
-        return sum(r.size for r in self.regions)
-
 
 @dataclass(frozen=True)
 class Board:

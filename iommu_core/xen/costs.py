@@ -6,7 +6,7 @@ so a sweep can vary it. Times are in nanoseconds.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 SOURCES = {
     "map_call_ns": "Linux iommupt patches (2025): software iommu_map of one 4 KiB page ~60-70 ns",
@@ -48,6 +48,3 @@ class CostModel:
         if unknown:
             raise ValueError(f"cost model: unknown constant {unknown[0]!r}; known: {sorted(SOURCES)}")
         return cls(**overrides)
-
-    def as_dict(self) -> dict:
-        return asdict(self)

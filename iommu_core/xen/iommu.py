@@ -209,19 +209,17 @@ class UnsharedIommu:
         ns = self.map(ext.iova.astype(np.int64) // GRANULE, ext.pa.astype(np.int64) // GRANULE, ext.npages, ext.sw)
         return ns + int(ext.npages.sum()) * self.costs.populate_page_ns
 
-    def view(self, gfn_ranges) -> Extents:
-        s, e = gfn_ranges
-        lim = self.fmt.ia_pages
-        keep = s < lim
-        if not keep.any():
-            return Extents.empty()
-        return translation_view(self.pt.mappings(s[keep] * GRANULE, np.minimum(e[keep], lim) - s[keep]))
-
     def reachable(self, gfn_ranges):
+        """The part of GFN ranges (starts, ends) that the input size can reach."""
         s, e = gfn_ranges
-        lim = self.fmt.ia_pages
-        keep = s < lim
-        return s[keep], np.minimum(e[keep], lim)
+        keep = s < self.fmt.ia_pages
+        return s[keep], np.minimum(e[keep], self.fmt.ia_pages)
+
+    def view(self, gfn_ranges) -> Extents:
+        s, e = self.reachable(gfn_ranges)
+        if not len(s):
+            return Extents.empty()
+        return translation_view(self.pt.mappings(s * GRANULE, e - s))
 
     @property
     def table_bytes(self) -> int:

@@ -111,10 +111,6 @@ def _add(a, b):
     return s[first], np.add.reduceat(c, first)
 
 
-def _union(a, b):
-    return _sweep(a[0], a[1], b[0], b[1], np.logical_or)
-
-
 def _diff(a, b):
     return _sweep(a[0], a[1], b[0], b[1], lambda x, y: x & ~y)
 

@@ -17,7 +17,13 @@ from ..pgtable import Extents, Format, PageTable
 from ..pgtable.extents import merge_runs
 from ..pgtable.format import GRANULE
 from . import intervals as iv
-from .p2m_types import CODE, DMA_PERM, DMA_PERM_BY_CODE, MEMTYPE, TYPES, codes
+from .p2m_types import (
+    CODE,
+    DMA_PERM_BY_CODE,
+    MEMTYPE_NAME_BY_CODE,
+    PERM_NAME_BY_CODE,
+    codes,
+)
 
 P2M_BASE = 0x40_0000_0000            # where the model puts P2M table pages (any aligned address works)
 
@@ -78,16 +84,14 @@ class P2M:
         code = codes(p2m_type, len(gfn))
         valid = code != CODE["invalid"]
         before = self._mapped_ranges(gfn, nr)
-        stats = {}
+        stats = {}                               # the engine's counters of both calls, summed
         if (~valid).any():
-            stats = self.pt.unmap(gfn[~valid] * GRANULE, nr[~valid])
+            stats = _stats_sum(stats, self.pt.unmap(gfn[~valid] * GRANULE, nr[~valid]))
         if valid.any():
             c = code[valid]
-            perm = np.array([DMA_PERM[TYPES[i]] for i in range(len(TYPES))])[c]
-            memtype = np.array([MEMTYPE[TYPES[i]] for i in range(len(TYPES))])[c]
-            res = self.pt.map(gfn[valid] * GRANULE, mfn[valid] * GRANULE, nr[valid], perm=perm,
-                              memtype=memtype, sw=c, remap=True)
-            stats = _stats_sum(stats, res) if stats else res
+            stats = _stats_sum(stats, self.pt.map(gfn[valid] * GRANULE, mfn[valid] * GRANULE, nr[valid],
+                                                  perm=PERM_NAME_BY_CODE[c], memtype=MEMTYPE_NAME_BY_CODE[c],
+                                                  sw=c, remap=True))
         written = iv.normalize(gfn[valid], nr[valid])
         cleared = iv.normalize(gfn[~valid], nr[~valid])
         return Change(added=iv.subtract(written, before), modified=iv.intersect(written, before),

@@ -30,6 +30,8 @@ MEMTYPE = {name: ("device" if name == "mmio_direct_dev" else "normal-nc" if name
            for name in TYPES}
 
 # Lookups by code, for arrays of entries.
+PERM_NAME_BY_CODE = np.array([DMA_PERM[t] for t in TYPES])
+MEMTYPE_NAME_BY_CODE = np.array([MEMTYPE[t] for t in TYPES])
 DMA_PERM_BY_CODE = np.array([PERMS[DMA_PERM[t]] for t in TYPES] + [0] * (16 - len(TYPES)), np.uint8)
 MEMTYPE_BY_CODE = np.array([MEMTYPES[MEMTYPE[t]] for t in TYPES] + [0] * (16 - len(TYPES)), np.uint8)
 
