@@ -59,6 +59,9 @@ def test_a_small_sweep_end_to_end(tmp_path):
     ("[sweep]\nscenarios = ['h3']\nspeed = 3\n", "sweep.speed: unknown key"),
     ("[sweep]\nscenarios = ['h3']\n[costs.x]\nwarp_ns = 1\n", "costs.x"),
     ("[sweep]\nscenarios = ['h3']\nseeds = [-1]\n", "sweep.seeds"),
+    ("[sweep]\nscenarios = ['h3']\n[[extra]]\nformats = ['ipmmu-s1-16']\n", "extra\\[0\\].formats: unknown value"),
+    ("[sweep]\nscenarios = ['h3']\n[[extra]]\ncheck = true\n", "extra\\[0\\].check: unknown key"),
+    ("[sweep]\nscenarios = ['h3']\nextra = 1\n", "sweep.extra: unknown key"),
 ])
 def test_bad_sweep_files_are_refused(tmp_path, text, fragment):
     (tmp_path / "bad.toml").write_text(text)
@@ -86,7 +89,18 @@ def test_reading_refuses_missing_or_foreign_results(tmp_path):
 def test_the_default_sweep_answers_on_h3_and_the_server():
     sweep = load_sweep()
     assert {c.scenario for c in sweep.cells} == {"h3", "server"}
-    assert len(sweep.cells) == 2 * 4 * 3 * 3 * 2
+    per_format = {f: {c.scenario for c in sweep.cells if c.format == f} for f in ("ipmmu-s1-39", "ipmmu-s1-32")}
+    assert per_format == {"ipmmu-s1-39": {"h3", "server"}, "ipmmu-s1-32": {"h3"}}
+    assert len(sweep.cells) == 3 * 4 * 3 * 3 * 2
+
+
+def test_extra_grids_replace_some_axes_and_never_repeat_a_cell(tmp_path):
+    (tmp_path / "s.toml").write_text("[sweep]\nscenarios = ['h3', 'm3w']\npolicies = ['eager', 'lazy']\n"
+                                     "apis = ['blocks']\n[[extra]]\nscenarios = ['m3w']\nseeds = [0, 1]\n"
+                                     "[[extra]]\npolicies = ['lazy']\n")
+    cells = [(c.scenario, c.policy, c.seed) for c in load_sweep(tmp_path / "s.toml").cells]
+    assert cells == [("h3", "eager", 0), ("h3", "lazy", 0), ("m3w", "eager", 0), ("m3w", "lazy", 0),
+                     ("m3w", "eager", 1), ("m3w", "lazy", 1)]
 
 
 def test_resume_runs_only_the_missing_cells_and_never_duplicates(tmp_path):

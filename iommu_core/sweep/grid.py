@@ -1,4 +1,9 @@
-"""A sweep file (TOML) expanded into cells: scenarios x policies x APIs x formats x costs x seeds."""
+"""A sweep file (TOML) expanded into cells: scenarios x policies x APIs x formats x costs x seeds.
+
+`[sweep]` gives the grid; each `[[extra]]` table is a further grid made of the
+`[sweep]` axes with some of them replaced (e.g. one scenario under a second
+format), so a sweep need not run the full product to cover a side question.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ from ..xen.costs import CostModel
 from ..xen.domain import POLICIES
 from ..xen.iommu import APIS
 
-SWEEP_KEYS = {"name", "scenarios", "policies", "apis", "formats", "p2m_formats", "seeds", "check"}
+AXES = ("scenarios", "policies", "apis", "formats", "p2m_formats", "seeds")
+SWEEP_KEYS = {"name", "check", *AXES}
 DEFAULT = Path(__file__).parent / "default.toml"
 
 
@@ -56,40 +62,15 @@ def load_sweep(path=None) -> Sweep:
         raise SweepError(f"{path}: no such sweep file") from None
     except tomllib.TOMLDecodeError as e:
         raise SweepError(f"{path}: not valid TOML: {e}") from None
-    unknown = sorted(set(data) - {"sweep", "costs"})
+    unknown = sorted(set(data) - {"sweep", "costs", "extra"})
     if unknown:
-        raise fail(unknown[0], "unknown table; known: sweep, costs", data[unknown[0]])
+        raise fail(unknown[0], "unknown table; known: sweep, costs, extra", data[unknown[0]])
     sw = data.get("sweep")
     if not isinstance(sw, dict):
         raise fail("sweep", "missing table", sw)
     unknown = sorted(set(sw) - SWEEP_KEYS)
     if unknown:
         raise fail(f"sweep.{unknown[0]}", f"unknown key; known: {', '.join(sorted(SWEEP_KEYS))}", sw[unknown[0]])
-
-    def names(key, allowed=None, default=None, kind=str):
-        value = sw.get(key, default)
-        if not isinstance(value, list) or not value or not all(isinstance(v, kind) and not isinstance(v, bool)
-                                                              for v in value):
-            raise fail(f"sweep.{key}", f"must be a non-empty list of {kind.__name__}", value)
-        for v in value:
-            if allowed is not None and v not in allowed:
-                raise fail(f"sweep.{key}", f"unknown value {v!r}; choose from {list(allowed)}", value)
-        return value
-
-    from ..scenarios.files import ScenarioError, load_scenario
-    scenarios = names("scenarios")
-    for s in scenarios:
-        try:
-            load_scenario(s if not s.endswith(".toml") else str(path.parent / s))
-        except ScenarioError as e:
-            raise fail("sweep.scenarios", f"cannot load: {e}", s) from None
-    policies = names("policies", POLICIES, list(POLICIES))
-    apis = names("apis", APIS, list(APIS))
-    formats = names("formats", ("ipmmu-s1-32", "ipmmu-s1-39"), ["ipmmu-s1-39"])
-    p2m_formats = names("p2m_formats", ("p2m-s2-40", "p2m-s2-48"), ["p2m-s2-40"])
-    seeds = names("seeds", default=[0], kind=int)
-    if any(s < 0 for s in seeds):
-        raise fail("sweep.seeds", "seeds must be >= 0", seeds)
     check = sw.get("check", False)
     if not isinstance(check, bool):
         raise fail("sweep.check", "must be true or false", check)
@@ -103,9 +84,52 @@ def load_sweep(path=None) -> Sweep:
             CostModel.with_overrides(**overrides)
         except (ValueError, TypeError) as e:
             raise fail(f"costs.{variant}", str(e), overrides) from None
+    base = _axes(sw, "sweep", path, fail)
+    extras = data.get("extra", [])
+    if not isinstance(extras, list) or not all(isinstance(e, dict) for e in extras):
+        raise fail("extra", "must be an array of tables ([[extra]])", extras)
+    grids = [base]
+    for i, extra in enumerate(extras):
+        unknown = sorted(set(extra) - set(AXES))
+        if unknown:
+            raise fail(f"extra[{i}].{unknown[0]}", f"unknown key; known: {', '.join(AXES)}", extra[unknown[0]])
+        grids.append({**base, **_axes(extra, f"extra[{i}]", path, fail, defaults=False)})
+    cells = dict.fromkeys(Cell(s, p, a, f, pf, c, seed, check)     # in order, each cell once
+                          for g in grids
+                          for s, p, a, f, pf, c, seed in itertools.product(
+                              g["scenarios"], g["policies"], g["apis"], g["formats"], g["p2m_formats"],
+                              list(costs), g["seeds"]))
     name = sw.get("name", path.stem)
-    scen = [s if not s.endswith(".toml") else str(path.parent / s) for s in scenarios]
-    cells = tuple(Cell(s, p, a, f, pf, c, seed, check)
-                  for s, p, a, f, pf, c, seed in itertools.product(scen, policies, apis, formats, p2m_formats,
-                                                                   list(costs), seeds))
-    return Sweep(name=name, file=str(path), cells=cells, costs=costs)
+    return Sweep(name=name, file=str(path), cells=tuple(cells), costs=costs)
+
+
+def _axes(table: dict, where: str, path: Path, fail, defaults: bool = True) -> dict:
+    """The grid axes a table gives (with defaults, or only those present), each checked."""
+    def names(key, allowed=None, default=None, kind=str):
+        value = table.get(key, default)
+        if not isinstance(value, list) or not value or not all(isinstance(v, kind) and not isinstance(v, bool)
+                                                              for v in value):
+            raise fail(f"{where}.{key}", f"must be a non-empty list of {kind.__name__}", value)
+        for v in value:
+            if allowed is not None and v not in allowed:
+                raise fail(f"{where}.{key}", f"unknown value {v!r}; choose from {list(allowed)}", value)
+        return value
+
+    from ..scenarios.files import ScenarioError, load_scenario
+    axes = {}
+    for key, allowed, default, kind in (
+            ("scenarios", None, None, str), ("policies", POLICIES, list(POLICIES), str),
+            ("apis", APIS, list(APIS), str), ("formats", ("ipmmu-s1-32", "ipmmu-s1-39"), ["ipmmu-s1-39"], str),
+            ("p2m_formats", ("p2m-s2-40", "p2m-s2-48"), ["p2m-s2-40"], str), ("seeds", None, [0], int)):
+        if defaults or key in table:
+            axes[key] = names(key, allowed, default, kind)
+    for s in axes.get("scenarios", ()):
+        try:
+            load_scenario(s if not s.endswith(".toml") else str(path.parent / s))
+        except ScenarioError as e:
+            raise fail(f"{where}.scenarios", f"cannot load: {e}", s) from None
+    if "scenarios" in axes:
+        axes["scenarios"] = [s if not s.endswith(".toml") else str(path.parent / s) for s in axes["scenarios"]]
+    if any(s < 0 for s in axes.get("seeds", ())):
+        raise fail(f"{where}.seeds", "seeds must be >= 0", axes["seeds"])
+    return axes

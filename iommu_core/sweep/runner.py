@@ -24,7 +24,8 @@ from .. import __version__
 from ..results import placeholder, row, write_part
 from .grid import Cell, Sweep
 
-SMALL_CELLS_PER_TASK = 6            # cells of small hosts: batch them so a task is not all overhead
+SMALL_CELLS_PER_TASK = 2            # cells of small hosts (~0.3 s each): pairs, so a task is not all overhead
+                                    # and the last tasks leave little tail
 
 
 def _git_commit() -> str:
