@@ -34,9 +34,6 @@ seeds = [0, 1]
 """
 
 
-def quiet(*args, **kwargs):
-    pass
-
 
 def sweep_of(text: str, where: Path) -> Sweep:
     (where / "sweep.toml").write_text(text)
@@ -46,7 +43,7 @@ def sweep_of(text: str, where: Path) -> Sweep:
 def timed_run(sweep: Sweep, workers: int | None, where: Path) -> dict:
     """The run's manifest (ray_start_s: Ray's start; wall_s: submitting cells to the last result) and
     the summed wall time of its cells, in seconds."""
-    run_dir = run_sweep(sweep, where, workers=workers, progress=quiet)
+    run_dir = run_sweep(sweep, where, workers=workers)
     manifest = json.loads((run_dir / "run.json").read_text())
     table = read_results(run_dir)
     cells = {c: w for c, w in zip(table.column("cell").to_pylist(), table.column("cell_wall_s").to_pylist())}

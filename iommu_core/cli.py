@@ -168,39 +168,66 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    import pyarrow.compute as pc
-
+    from .report.figures import by_host_key, hosts
+    from .report.page import HEADLINE, figure_rows
     from .results import read_results
     from .sweep.grid import load_sweep
+    from .sweep.progress import Bar, Quiet
     from .sweep.runner import run_sweep
 
     sweep = load_sweep(args.sweep)
-    print(f"sweep {sweep.name}: {len(sweep.cells)} cells ({sweep.file})")
+    print(f"sweep {sweep.name}: {len(sweep.cells)} cells ({sweep.file})", flush=True)
     run_dir = run_sweep(sweep, Path(args.results), address=args.address, workers=args.workers,
-                        object_store_mb=args.object_store_mb, resume=args.resume)
+                        object_store_mb=args.object_store_mb, resume=args.resume,
+                        progress=Quiet if args.quiet else Bar)
     table = read_results(run_dir)
     print(f"results: {run_dir} ({table.num_rows:,} rows)")
-    rows = table.filter(pc.equal(table["status"], "ok")).to_pylist()
-    hosts: dict = {}
-    for r in rows:
-        key = (r["scenario"], r["policy"], r["api"], r["costs"])
-        h = hosts.setdefault(key, {"cells": set(), "iommu": 0, "inv": 0, "boot": 0.0, "refused": 0})
-        h["cells"].add(r["cell"])
-        h["iommu"] += r["iommu_table_bytes"]
-        h["inv"] += r["invalidations"]
-        h["boot"] = max(h["boot"], r["boot_ns"])
-        h["refused"] += r["assign_refused_context"] + r["assign_refused_undeclared"]
-    summary = [{"scenario": k[0], "policy": k[1], "api": k[2], "costs": k[3],
-                "iommu_mib": h["iommu"] / len(h["cells"]) / 2**20, "invalidations": h["inv"] // len(h["cells"]),
-                "boot_ms": h["boot"] / 1e6, "refused": h["refused"] / len(h["cells"])}
-               for k, h in sorted(hosts.items())]
-    print("per host, mean over seeds (boot: the slowest domain of any seed)")
-    _print_rows(summary, [("scenario", "scenario"), ("policy", "policy"), ("api", "api"), ("costs", "costs"),
-                          ("iommu_mib", "IOMMU MiB"), ("invalidations", "invalid."), ("boot_ms", "max boot ms"),
-                          ("refused", "refused")])
-    bad = table.filter(pc.equal(table["status"], "failed")).num_rows
-    if bad:
-        print(f"{bad} cells failed: see the 'error' column of {run_dir}")
+    statuses = table.column("status").to_pylist()
+    if statuses.count("failed"):
+        print(f"{len({c for c, s in zip(table.column('cell').to_pylist(), statuses) if s == 'failed'})} cells "
+              f"failed: see the 'error' column of {run_dir}")
+    if "ok" in statuses:
+        host_rows = hosts(table)
+        print("per host, mean over seeds, every cost variant (the report has the spread and the rest):")
+        rows = figure_rows(by_host_key(host_rows, [f for f, _, _ in HEADLINE]), HEADLINE,
+                           keys=("scenario", "format", "costs", "policy", "api"))
+        _print_rows(rows, [(k, k) for k in rows[0]])
+        print(f"the full report: iommu-bench report {run_dir.name}" +
+              (f" --results {args.results}" if args.results != "results/runs" else ""))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report.page import build
+
+    report = build(args.results, args.run, Path(args.output) if args.output else None)
+    print(f"run {report['run']}: headline (costs {report['costs']}; mean over seeds, per host)")
+    _print_rows(report["headline"], [(k, k) for k in report["headline"][0]])
+    print("\nfindings:")
+    for f in report["findings"]:
+        print(f"- {f['scenario']} ({f['format']}, costs {f['costs']}): {f['text'].replace('`', '')}")
+    print(f"\nreport: {report['dir'] / 'report.md'} (and report.html, {len(report['files']) - 2} plots)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report.compare import compare
+    from .results import run_directory
+
+    def where(run):
+        return run_directory(run) if Path(run).is_dir() else run_directory(args.results, run)
+
+    a, b = where(args.run_a), where(args.run_b)
+    result = compare(a, b)
+    rows = [r for r in result["rows"] if args.all or r["_changed"]]
+    print(f"A = {a.name}, B = {b.name}: {len(result['rows'])} figures in both runs, "
+          f"{sum(r['_changed'] for r in result['rows'])} changed, "
+          f"{sum(r['beyond noise'] == 'yes' for r in result['rows'])} beyond the noise of the seeds")
+    for side, keys in result["only"].items():
+        if keys:
+            print(f"only in {side.upper()}: {len(keys)} host settings, e.g. {'/'.join(keys[0])}")
+    if rows:
+        _print_rows(rows, [(k, k) for k in rows[0] if not k.startswith("_")])
     return 0
 
 
@@ -334,7 +361,32 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--workers", type=_positive_int, help="cap on parallel tasks (default: every CPU Ray sees)")
     sw.add_argument("--object-store-mb", type=_positive_int, help="object store of a local Ray, in MiB")
     sw.add_argument("--resume", metavar="RUN-ID", help="finish an interrupted run: only cells without rows run")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=cmd_sweep)
+
+    r = sub.add_parser(
+        "report", help="write a run's report (Markdown, HTML, PNG plots) and print its headline",
+        description="Read a run's Arrow dataset and write a report folder: report.md, report.html and PNG "
+                    "plots of IOMMU table memory per policy and driver API, the lazy populate spike against "
+                    "domain size, mapping cost per API, IPMMU context and IOVA limits, and the sweep's own "
+                    "speed; then print the headline table and the findings. Every figure is a mean over the "
+                    "run's seeds of per-host sums over domains.")
+    r.add_argument("run", nargs="?", metavar="RUN-ID", help="a run under --results (default: the latest run)")
+    r.add_argument("--results", default="results/runs", help="where runs are (default results/runs)")
+    r.add_argument("-o", "--output", metavar="DIR",
+                   help="the report folder (default: results/reports/<run-id> beside the runs)")
+    r.set_defaults(func=cmd_report)
+
+    c = sub.add_parser(
+        "compare", help="put two runs side by side: each figure's change and whether it is beyond noise",
+        description="Compare every figure of the host settings two runs share. A change is beyond the "
+                    "noise when it exceeds twice the standard error the runs' seeds give; figures that do "
+                    "not vary with the seed count any change. Prints the changed figures (--all: every one).")
+    c.add_argument("run_a", metavar="RUN-A", help="a run id under --results, or a run's directory")
+    c.add_argument("run_b", metavar="RUN-B", help="a run id under --results, or a run's directory")
+    c.add_argument("--results", default="results/runs", help="where runs are (default results/runs)")
+    c.add_argument("--all", action="store_true", help="print unchanged figures too")
+    c.set_defaults(func=cmd_compare)
 
     t = sub.add_parser("trace", help="record a scenario's P2M operations, or replay a trace",
                        description="Traces: the stream of a host's P2M operations (Parquet).")

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"          # 2: map_calls, unmap_calls (to pool latencies over domains)
 PARTITIONS = ("scenario", "policy", "api")
 
 
@@ -48,6 +48,7 @@ FIELDS = [
     _f("p2m_block_splits", I64), _f("tlb_flushes", I64),
     _f("boot_ns", F64, "ns", "modelled"), _f("assign_ns", F64, "ns", "modelled, slowest assignment"),
     _f("teardown_ns", F64, "ns", "modelled"), _f("inv_wait_ns", F64, "ns", "modelled wait for the queue"),
+    _f("map_calls", I64, doc="map calls behind map_lat_*"), _f("unmap_calls", I64, doc="unmap calls behind unmap_lat_*"),
     _f("map_lat_mean_us", F64, "us"), _f("map_lat_std_us", F64, "us"),
     _f("unmap_lat_mean_us", F64, "us"), _f("unmap_lat_std_us", F64, "us"),
     _f("mismatches", I64),
@@ -110,16 +111,23 @@ def latest_run(results) -> Path:
     return max(runs, key=lambda p: (started(p), p.name))
 
 
-def read_results(path, run: str | None = None, **filters) -> pa.Table:
-    """One run's rows as a table (the run's directory, or `run` under a results directory,
-    or the latest run there), filtered by column values (policy=..., scenario=...)."""
+def run_directory(path, run: str | None = None) -> Path:
+    """A run's directory: `path` itself if it is one, else `run` under it, else the latest run there."""
     root = Path(path)
     if not root.exists():
         raise ResultsError(f"no results at {root}")
     if run is not None:
-        root = root / run
-    elif not any(root.glob("*=*")):
-        root = latest_run(root)
+        if not (root / run).is_dir():
+            known = sorted(p.name for p in root.iterdir() if p.is_dir())
+            raise ResultsError(f"no run {run!r} under {root} (runs there: {', '.join(known) or 'none'})")
+        return root / run
+    return root if any(root.glob("*=*")) else latest_run(root)
+
+
+def read_results(path, run: str | None = None, **filters) -> pa.Table:
+    """One run's rows as a table (the run's directory, or `run` under a results directory,
+    or the latest run there), filtered by column values (policy=..., scenario=...)."""
+    root = run_directory(path, run)
     files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
     if not files:
         raise ResultsError(f"{root}: no result files")

@@ -34,14 +34,11 @@ def cluster():
     c.shutdown()
 
 
-def quiet(*a, **k):
-    pass
-
 
 def test_a_sweep_runs_across_three_nodes(cluster, tmp_path):
     (tmp_path / "s.toml").write_text(SWEEP)
     sweep = load_sweep(tmp_path / "s.toml")
-    run_dir = run_sweep(sweep, tmp_path / "runs", address=cluster.address, progress=quiet)
+    run_dir = run_sweep(sweep, tmp_path / "runs", address=cluster.address)
     rows = read_results(run_dir).to_pylist()
     assert len({r["cell"] for r in rows}) == len(sweep.cells) == 32
     assert all(r["status"] == "ok" and r["mismatches"] == 0 for r in rows)
@@ -79,7 +76,7 @@ def test_a_worker_killed_mid_sweep_is_retried_and_every_cell_lands_once(cluster,
 
     killer = threading.Thread(target=kill_one)
     killer.start()
-    run_dir = run_sweep(sweep, tmp_path / "runs", address=cluster.address, progress=quiet)
+    run_dir = run_sweep(sweep, tmp_path / "runs", address=cluster.address)
     killer.join()
     assert killed, "no worker was running a task to kill"
     rows = read_results(run_dir).to_pylist()

@@ -23,7 +23,7 @@ def write(tmp_path, text, name="s.toml"):
 
 
 def test_shipped_names():
-    assert set(shipped()) == {"h3", "m3w", "server", "small-h3"}
+    assert set(shipped()) == {"h3", "h3-fleet", "m3w", "server", "small-h3"}
     assert all(p.is_file() and p.suffix == ".toml" for p in shipped().values())
 
 
@@ -36,6 +36,17 @@ def test_shipped_scenario_boots_with_the_invariant_on(name):
     assert len(records) == len(s.specs)
     assert all(r["mismatches"] == 0 for r in records)
     assert sum(r["assign_refused_context"] for r in records) == 0
+
+
+def test_the_h3_fleet_outgrows_the_ipmmu_contexts():
+    """10 guests with a device each and dom0's devices want more than 7 usable contexts: some are refused."""
+    s = load_scenario("h3-fleet")
+    usable = s.board.ipmmu_contexts - s.board.reserved_contexts
+    records = Host(s.board, s.host_config(policy="declared", api="batched", check=True)).run(list(s.specs))
+    assert all(r["mismatches"] == 0 for r in records)
+    holding = sum(1 for r in records if r["devices"])
+    refused = sum(r["assign_refused_context"] for r in records)
+    assert holding <= usable and refused >= len(s.specs) - usable
 
 
 def test_server_loads_and_boots_with_the_invariant():

@@ -9,6 +9,7 @@ import pytest
 
 from iommu_core.results import SCHEMA_VERSION, ResultsError, read_results
 from iommu_core.sweep.grid import SweepError, load_sweep
+from iommu_core.sweep.progress import Quiet
 from iommu_core.sweep.runner import _check_address, run_sweep
 
 SMALL = """
@@ -32,7 +33,7 @@ def test_a_small_sweep_end_to_end(tmp_path):
     (tmp_path / "s.toml").write_text(SMALL)
     sweep = load_sweep(tmp_path / "s.toml")
     assert len(sweep.cells) == 2 * 2 * 2 * 2
-    run_dir = run_sweep(sweep, tmp_path / "runs", workers=2, object_store_mb=100, progress=lambda *a, **k: None)
+    run_dir = run_sweep(sweep, tmp_path / "runs", workers=2, object_store_mb=100)
     table = read_results(tmp_path / "runs")
     rows = table.to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
@@ -88,10 +89,11 @@ def test_reading_refuses_missing_or_foreign_results(tmp_path):
 
 def test_the_default_sweep_answers_on_h3_and_the_server():
     sweep = load_sweep()
-    assert {c.scenario for c in sweep.cells} == {"h3", "server"}
+    assert {c.scenario for c in sweep.cells} == {"h3", "server", "h3-fleet"}
     per_format = {f: {c.scenario for c in sweep.cells if c.format == f} for f in ("ipmmu-s1-39", "ipmmu-s1-32")}
-    assert per_format == {"ipmmu-s1-39": {"h3", "server"}, "ipmmu-s1-32": {"h3"}}
-    assert len(sweep.cells) == 3 * 4 * 3 * 3 * 2
+    assert per_format == {"ipmmu-s1-39": {"h3", "server", "h3-fleet"}, "ipmmu-s1-32": {"h3"}}
+    assert {c.api for c in sweep.cells if c.scenario == "h3-fleet"} == {"batched"}
+    assert len(sweep.cells) == 3 * 4 * 3 * 3 * 2 + 4 * 3 * 2
 
 
 def test_extra_grids_replace_some_axes_and_never_repeat_a_cell(tmp_path):
@@ -106,11 +108,10 @@ def test_extra_grids_replace_some_axes_and_never_repeat_a_cell(tmp_path):
 def test_resume_runs_only_the_missing_cells_and_never_duplicates(tmp_path):
     (tmp_path / "s.toml").write_text(SMALL)
     sweep = load_sweep(tmp_path / "s.toml")
-    quiet = lambda *a, **k: None          # noqa: E731
     # An interrupted run: only the first half of the cells got results.
     half = type(sweep)(sweep.name, sweep.file, sweep.cells[:8], sweep.costs)
-    run_dir = run_sweep(half, tmp_path / "runs", workers=2, progress=quiet)
-    run_sweep(sweep, tmp_path / "runs", workers=2, progress=quiet, resume=run_dir.name)
+    run_dir = run_sweep(half, tmp_path / "runs", workers=2)
+    run_sweep(sweep, tmp_path / "runs", workers=2, resume=run_dir.name)
     rows = read_results(run_dir).to_pylist()
     per_cell = {}
     for r in rows:
@@ -118,7 +119,7 @@ def test_resume_runs_only_the_missing_cells_and_never_duplicates(tmp_path):
     assert len(per_cell) == 16
     assert len(rows) == 12 * 5 + 4                          # no row twice
     with pytest.raises(ValueError, match="no such run"):
-        run_sweep(sweep, tmp_path / "runs", resume="nope", progress=quiet)
+        run_sweep(sweep, tmp_path / "runs", resume="nope")
 
 
 def test_the_committed_reference_run_reads_on_a_fresh_clone():
@@ -146,19 +147,17 @@ def test_a_failing_cell_is_recorded_with_its_error():
 def test_ctrl_c_stops_cleanly_and_resume_finishes_the_run(tmp_path):
     (tmp_path / "s.toml").write_text(SMALL)
     sweep = load_sweep(tmp_path / "s.toml")
-    calls = []
 
-    def interrupt_after_first_result(*args, **kwargs):
-        calls.append(args)
-        if len(calls) == 1:                  # the first progress line comes after the first result
+    class InterruptAfterFirstResult(Quiet):
+        def update(self, done, failed, eta_s):      # called after each task's rows are on disk
             raise KeyboardInterrupt
 
-    run_dir = run_sweep(sweep, tmp_path / "runs", workers=2, progress=interrupt_after_first_result)
+    run_dir = run_sweep(sweep, tmp_path / "runs", workers=2, progress=InterruptAfterFirstResult)
     manifest = json.loads((run_dir / "run.json").read_text())
     assert manifest["status"] == "interrupted" and 0 < manifest["cells_done"] < 16
     assert not list(run_dir.rglob("*.tmp"))
     partial = read_results(run_dir).num_rows
     assert partial > 0
-    run_sweep(sweep, tmp_path / "runs", workers=2, progress=lambda *a, **k: None, resume=run_dir.name)
+    run_sweep(sweep, tmp_path / "runs", workers=2, resume=run_dir.name)
     rows = read_results(run_dir).to_pylist()
     assert len({r["cell"] for r in rows}) == 16 and len(rows) == 12 * 5 + 4

@@ -23,6 +23,7 @@ from pathlib import Path
 from .. import __version__
 from ..results import placeholder, row, write_part
 from .grid import Cell, Sweep
+from .progress import Quiet
 
 SMALL_CELLS_PER_TASK = 2            # cells of small hosts (~0.3 s each): pairs, so a task is not all overhead
                                     # and the last tasks leave little tail
@@ -78,6 +79,29 @@ def _batches(cells: tuple[Cell, ...]) -> list[list[Cell]]:
     return [[c] for c in big] + [small[i:i + SMALL_CELLS_PER_TASK] for i in range(0, len(small), SMALL_CELLS_PER_TASK)]
 
 
+class Eta:
+    """Seconds left: per scenario, the mean wall time of its finished cells times its cells left, over
+    the workers (scenarios not seen yet count at the mean of all finished cells)."""
+
+    def __init__(self, cells, parallel: int):
+        self.left = {}
+        for c in cells:
+            self.left[c.scenario] = self.left.get(c.scenario, 0) + 1
+        self.spent: dict[str, list] = {}
+        self.parallel = parallel
+
+    def after(self, rows: list[dict]) -> float:
+        for cell, scenario_path in {(r["cell"], r["cell"].rsplit("/", 6)[0]) for r in rows}:
+            wall = next(r["cell_wall_s"] for r in rows if r["cell"] == cell)
+            seen = self.spent.setdefault(scenario_path, [0.0, 0])
+            seen[0] += wall or 0.0
+            seen[1] += 1
+            self.left[scenario_path] -= 1
+        total = sum(s for s, _ in self.spent.values()) / max(sum(n for _, n in self.spent.values()), 1)
+        return sum(n * (self.spent[s][0] / self.spent[s][1] if s in self.spent else total)
+                   for s, n in self.left.items()) / self.parallel
+
+
 def _check_address(address: str, timeout: float = 3.0) -> None:
     """Fail within seconds when a cluster address does not answer (Ray may wait a minute)."""
     if address in ("auto", "local"):
@@ -101,15 +125,17 @@ def cells_done(run_dir: Path) -> set[str]:
 
 
 def run_sweep(sweep: Sweep, results: Path, address: str | None = None, workers: int | None = None,
-              object_store_mb: int | None = None, progress=print, resume: str | None = None) -> Path:
-    """Run every cell (with resume: only those the run has no rows for); return the run's directory."""
+              object_store_mb: int | None = None, progress=Quiet, resume: str | None = None) -> Path:
+    """Run every cell (with resume: only those the run has no rows for); return the run's directory.
+    `progress`: a class like progress.Quiet (or progress.Bar), made with the number of cells to run."""
+    note = None
     if resume is not None:
         run_dir = Path(results) / resume
         if not run_dir.is_dir():
             raise ValueError(f"--resume {resume!r}: no such run under {results}")
         have = cells_done(run_dir)
         sweep = Sweep(sweep.name, sweep.file, tuple(c for c in sweep.cells if c.key not in have), sweep.costs)
-        progress(f"resuming {resume}: {len(have)} cells have results, {len(sweep.cells)} to run")
+        note = f"resuming {resume}: {len(have)} cells have results, {len(sweep.cells)} to run"
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -140,6 +166,10 @@ def run_sweep(sweep: Sweep, results: Path, address: str | None = None, workers: 
         task = ray.remote(max_retries=3)(run_cells)
         batches = _batches(sweep.cells)
         pending, in_flight, done, failed, t0 = list(enumerate(batches)), {}, 0, 0, time.perf_counter()
+        eta = Eta(sweep.cells, parallel)
+        progress = progress(len(sweep.cells))
+        if note:
+            progress.message(note)
         status = "complete"
         try:
             while pending or in_flight:
@@ -152,15 +182,14 @@ def run_sweep(sweep: Sweep, results: Path, address: str | None = None, workers: 
                 write_part(run_dir, rows, f"part-{attempt}-{k:05d}", provenance)
                 done += n
                 failed += len({r["cell"] for r in rows if r["status"] == "failed"})
-                elapsed = time.perf_counter() - t0
-                eta = elapsed / done * (len(sweep.cells) - done)
-                progress(f"\r{done}/{len(sweep.cells)} cells, {failed} failed, ETA {eta:5.0f} s", end="", flush=True)
+                progress.update(done, failed, eta.after(rows))
         except KeyboardInterrupt:                 # stop cleanly: only whole files are left
             status = "interrupted"
             for ref in in_flight:
                 ray.cancel(ref, force=True)
-            progress(f"\ninterrupted: {done} cells have results; iommu-bench sweep --resume {run_id} finishes")
-        progress("")
+            progress.message(f"interrupted: {done} cells have results; iommu-bench sweep --resume {run_id} finishes")
+        finally:
+            progress.close()
         manifest = {**provenance, "end": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                     "status": status, "cells": len(sweep.cells), "cells_done": done, "cells_failed": failed,
                     "ray_start_s": ray_start_s, "wall_s": time.perf_counter() - t0}

@@ -310,6 +310,8 @@ class Host:
             "tlb_flushes": k.tlb_flushes,
             "boot_ns": k.boot_ns, "assign_ns": max(k.assign_ns, default=0.0), "teardown_ns": k.teardown_ns,
             "inv_wait_ns": k.inv_wait_ns,
+            "map_calls": iommu.map_latency.n if iommu else 0,
+            "unmap_calls": iommu.unmap_latency.n if iommu else 0,
             "map_lat_mean_us": iommu.map_latency.mean_us() if iommu else 0.0,
             "map_lat_std_us": iommu.map_latency.std_us() if iommu else 0.0,
             "unmap_lat_mean_us": iommu.unmap_latency.mean_us() if iommu else 0.0,

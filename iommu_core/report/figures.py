@@ -1,0 +1,145 @@
+"""The report's figures, computed from a run's rows (one row per domain per cell).
+
+Two steps: each cell (one simulated host) is summed over its domains, then the
+cells that differ only by seed are reduced to a mean and a standard deviation,
+so every figure carries the spread the seeds give. Everything here is plain
+arithmetic on the dataset; nothing is typed in.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MIB = 2**20
+PAGE = 4096
+HOST_KEYS = ("scenario", "format", "p2m_format", "costs", "policy", "api")
+POLICY_ORDER = ("eager", "lazy", "declared", "shared")
+API_ORDER = ("per-page", "batched", "blocks")
+
+# Per-cell sums over domains, by column.
+_SUMS = ("ram_bytes", "iommu_table_bytes", "iommu_min_table_bytes", "toolstack_reserved_bytes", "calls",
+         "descriptors_written", "invalidations", "cache_lines_cleaned", "populate_pages", "unreachable_pages",
+         "assign_refused_context", "assign_refused_undeclared", "map_calls", "unmap_calls")
+
+
+class ReportError(ValueError):
+    pass
+
+
+def order(key: tuple) -> tuple:
+    """Sort key for host keys: policies and APIs in the thread's order, the rest by name."""
+    k = dict(zip(HOST_KEYS, key))
+    return (k["scenario"], k["format"], k["p2m_format"], k["costs"], POLICY_ORDER.index(k["policy"])
+            if k["policy"] in POLICY_ORDER else 9, API_ORDER.index(k["api"]) if k["api"] in API_ORDER else 9)
+
+
+def ok_rows(table: pa.Table) -> pa.Table:
+    if table.num_rows == 0:
+        raise ReportError("the run has no rows")
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    if ok.num_rows == 0:
+        raise ReportError(f"the run has no successful cells ({table.num_rows} rows, statuses: "
+                          f"{sorted(set(table.column('status').to_pylist()))})")
+    return ok
+
+
+def pooled(n, mean, std) -> tuple[float, float]:
+    """Mean and standard deviation of the union of groups given by count, mean and std (population)."""
+    total = sum(n)
+    if not total:
+        return 0.0, 0.0
+    m = sum(a * b for a, b in zip(n, mean)) / total
+    second = sum(a * (s * s + b * b) for a, b, s in zip(n, mean, std)) / total
+    return m, math.sqrt(max(second - m * m, 0.0))
+
+
+def hosts(table: pa.Table) -> list[dict]:
+    """One dict per cell: its keys, seed and its figures summed (or taken at the max) over its domains."""
+    ok = ok_rows(table)
+    cols = ok.select(["cell", *HOST_KEYS, "seed", *_SUMS, "boot_ns", "assign_ns", "map_lat_mean_us",
+                      "map_lat_std_us", "unmap_lat_mean_us", "unmap_lat_std_us", "sim_pages_per_s_wall",
+                      "engine_wall_s", "cell_wall_s", "worker"]).to_pydict()
+    out: dict[str, dict] = {}
+    for i, cell in enumerate(cols["cell"]):
+        h = out.get(cell)
+        if h is None:
+            h = out[cell] = {k: cols[k][i] for k in ("cell", *HOST_KEYS, "seed", "sim_pages_per_s_wall",
+                                                     "engine_wall_s", "cell_wall_s", "worker")}
+            h.update(dict.fromkeys(_SUMS, 0), domains=0, boot_ns=[], assign_ns=0.0, lat={"map": [], "unmap": []})
+        for k in _SUMS:
+            h[k] += cols[k][i]
+        h["domains"] += 1
+        h["boot_ns"].append(cols["boot_ns"][i])
+        h["assign_ns"] = max(h["assign_ns"], cols["assign_ns"][i])      # 0 for a domain without devices
+        for op in ("map", "unmap"):
+            h["lat"][op].append((cols[f"{op}_calls"][i], cols[f"{op}_lat_mean_us"][i], cols[f"{op}_lat_std_us"][i]))
+    for h in out.values():
+        h["iommu_mib"] = h["iommu_table_bytes"] / MIB
+        h["min_mib"] = h["iommu_min_table_bytes"] / MIB
+        h["reserved_mib"] = h["toolstack_reserved_bytes"] / MIB
+        h["iommu_pct_ram"] = 100 * h["iommu_table_bytes"] / h["ram_bytes"]
+        h["boot_mean_ms"] = statistics.fmean(h["boot_ns"]) / 1e6
+        h["boot_max_ms"] = max(h["boot_ns"]) / 1e6
+        h["assign_max_ms"] = h["assign_ns"] / 1e6
+        h["unreachable_mib"] = h["unreachable_pages"] * PAGE / MIB
+        h["refused"] = h["assign_refused_context"] + h["assign_refused_undeclared"]
+        for op in ("map", "unmap"):
+            h[f"{op}_lat_mean_us"], h[f"{op}_lat_std_us"] = pooled(*zip(*h["lat"][op]))
+        del h["lat"], h["boot_ns"]
+    return list(out.values())
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float          # sample standard deviation over seeds (0 with one seed)
+    n: int
+
+
+def stat(values) -> Stat:
+    values = list(values)
+    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+
+
+def by_host_key(host_rows: list[dict], figures, costs: str | None = None) -> dict[tuple, dict[str, Stat]]:
+    """Mean and spread over seeds of each figure, per host key (optionally one cost variant only)."""
+    groups: dict[tuple, list[dict]] = {}
+    for h in host_rows:
+        if costs is None or h["costs"] == costs:
+            groups.setdefault(tuple(h[k] for k in HOST_KEYS), []).append(h)
+    return {key: {f: stat(h[f] for h in rows) for f in figures} for key, rows in sorted(groups.items(),
+                                                                                         key=lambda kv: order(kv[0]))}
+
+
+def first_costs(host_rows: list[dict]) -> str:
+    """The cost variant that count- and memory-figures are shown under ('default' if the run has it)."""
+    names = sorted({h["costs"] for h in host_rows})
+    return "default" if "default" in names else names[0]
+
+
+def domains_with_devices(table: pa.Table, costs: str) -> list[dict]:
+    """Per-domain rows of the domains that were assigned a device, under one cost variant."""
+    ok = ok_rows(table)
+    ok = ok.filter(pc.and_(pc.greater(ok["devices"], 0), pc.equal(ok["costs"], costs)))
+    return ok.select(["scenario", "format", "policy", "api", "seed", "domain", "ram_bytes", "assign_ns",
+                      "populate_pages"]).to_pylist()
+
+
+def workers(host_rows: list[dict]) -> list[dict]:
+    """Per worker: cells run, busy time, and the simulated pages per second of engine time it achieved."""
+    per: dict[str, dict] = {}
+    for h in host_rows:
+        w = per.setdefault(h["worker"], {"worker": h["worker"], "cells": 0, "busy_s": 0.0, "pages": 0.0,
+                                         "engine_s": 0.0})
+        w["cells"] += 1
+        w["busy_s"] += h["cell_wall_s"]
+        w["pages"] += h["sim_pages_per_s_wall"] * h["engine_wall_s"]
+        w["engine_s"] += h["engine_wall_s"]
+    for w in per.values():
+        w["pages_per_s"] = w["pages"] / w["engine_s"] if w["engine_s"] else 0.0
+    return sorted(per.values(), key=lambda w: w["worker"])

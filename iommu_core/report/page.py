@@ -1,0 +1,153 @@
+"""The report folder of one run: report.md, report.html, the PNG plots, and the headline for the terminal.
+
+Every number on the page is computed here from the run's dataset (see
+figures.py); each table says which cost variant it is under and over how many
+seeds its means are taken.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from ..results import read_results, run_directory
+from . import plots
+from .figures import HOST_KEYS, ReportError, by_host_key, domains_with_devices, first_costs, hosts, workers
+from .findings import findings
+
+HEADLINE = [("iommu_mib", "IOMMU MiB", ".2f"), ("iommu_pct_ram", "% of guest RAM", ".3f"),
+            ("boot_mean_ms", "boot ms (mean)", ".3f"), ("assign_max_ms", "slowest assign ms", ".3f"),
+            ("invalidations", "invalidations", ",.0f")]
+MEMORY = [("iommu_mib", "IOMMU MiB", ".2f"), ("iommu_mib", "± std", ".2f"),
+          ("iommu_pct_ram", "% of guest RAM", ".3f"), ("min_mib", "analytic min MiB", ".2f"),
+          ("reserved_mib", "toolstack reservation MiB", ".2f")]
+COST = [("calls", "calls", ",.0f"), ("descriptors_written", "descriptors", ",.0f"),
+        ("invalidations", "invalidations", ",.0f"), ("cache_lines_cleaned", "cache lines cleaned", ",.0f"),
+        ("boot_mean_ms", "boot ms (mean)", ".3f"), ("map_lat_mean_us", "map us (mean)", ".3f"),
+        ("map_lat_std_us", "map us (std)", ".3f"), ("unmap_lat_mean_us", "unmap us (mean)", ".3f"),
+        ("unmap_lat_std_us", "unmap us (std)", ".3f")]
+FLEET = [("assign_refused_context", "refused: no context", ".2f"),
+         ("assign_refused_undeclared", "refused: undeclared", ".2f"), ("unreachable_mib", "unreachable MiB", ".2f"),
+         ("populate_pages", "populate pages", ",.0f")]
+ALL_FIGURES = sorted({f for cols in (HEADLINE, MEMORY, COST, FLEET) for f, _, _ in cols} | {"reserved_mib",
+                                                                                             "refused"})
+
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(none)\n"
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def figure_rows(groups, columns, keys=("scenario", "format", "policy", "api")) -> list[dict]:
+    """A printed table: the keys, then each figure's mean over seeds (a '± std' title: its std)."""
+    rows = []
+    for key, figs in groups.items():
+        k = dict(zip(HOST_KEYS, key))
+        r = {name: k[name] for name in keys}
+        for fig, title, spec in columns:
+            r[title] = format(figs[fig].std if title.startswith("±") else figs[fig].mean, spec)
+        rows.append(r)
+    return rows
+
+
+def spike_rows(domains: list[dict]) -> list[dict]:
+    """Mean slowest assignment per domain size, lazy beside declared, per scenario, format and API."""
+    cells: dict[tuple, list] = {}
+    for d in domains:
+        if d["policy"] in ("lazy", "declared"):
+            cells.setdefault((d["scenario"], d["format"], d["api"], d["ram_bytes"], d["policy"]), []).append(d)
+    rows = []
+    for scenario, fmt, api, ram in sorted({k[:4] for k in cells}):
+        lazy, declared = cells.get((scenario, fmt, api, ram, "lazy"), []), cells.get((scenario, fmt, api, ram,
+                                                                                       "declared"), [])
+        lazy_ms = statistics.fmean(d["assign_ns"] for d in lazy) / 1e6 if lazy else None
+        decl_ms = statistics.fmean(d["assign_ns"] for d in declared) / 1e6 if declared else None
+        rows.append({"scenario": scenario, "format": fmt, "api": api, "domain RAM MiB": f"{ram / 2**20:.0f}",
+                     "domains": str(len(lazy)),
+                     "lazy assign ms": "-" if lazy_ms is None else f"{lazy_ms:.3f}",
+                     "declared assign ms": "-" if decl_ms is None else f"{decl_ms:.3f}",
+                     "lazy / declared": f"{lazy_ms / decl_ms:.1f}x" if lazy_ms and decl_ms else "-",
+                     "populate pages (mean)": "-" if not lazy else
+                     f"{statistics.fmean(d['populate_pages'] for d in lazy):,.0f}"})
+    return rows
+
+
+def build(results, run: str | None = None, out: Path | None = None) -> dict:
+    """Write the report of a run; returns its folder, files, headline rows and findings."""
+    run_dir = run_directory(results, run)
+    table = read_results(run_dir)
+    manifest = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    host_rows = hosts(table)
+    costs = first_costs(host_rows)
+    everything = by_host_key(host_rows, ALL_FIGURES)
+    counted = by_host_key(host_rows, ALL_FIGURES, costs=costs)
+    seeds = sorted({h["seed"] for h in host_rows})
+    out = Path(out) if out else run_dir.parent.parent / "reports" / run_dir.name
+    out.mkdir(parents=True, exist_ok=True)
+
+    headline = figure_rows(counted, HEADLINE)
+    finds = findings(counted)
+    per_worker = workers(host_rows)
+    cells_s = sum(h["cell_wall_s"] for h in host_rows)
+    wall = manifest.get("wall_s")
+    boots = sum(h["domains"] for h in host_rows)
+    run_rows = [{"cells": str(len(host_rows)), "domain boots": f"{boots:,}", "workers": str(len(per_worker)),
+                 "wall s": "-" if wall is None else f"{wall:.1f}", "cells' own s": f"{cells_s:.1f}",
+                 "speed-up over one worker": "-" if not wall else f"{cells_s / wall:.2f}x",
+                 "domain boots/s": "-" if not wall else f"{boots / wall:.1f}",
+                 "Ray start s": "-" if "ray_start_s" not in manifest else f"{manifest['ray_start_s']:.1f}"}]
+    worker_rows = [{"worker": w["worker"], "cells": str(w["cells"]), "busy s": f"{w['busy_s']:.1f}",
+                    "simulated Mpages/s": f"{w['pages_per_s'] / 1e6:.2f}"} for w in per_worker]
+    domains = domains_with_devices(table, costs)
+    pngs = [plots.memory(counted, out / "memory.png"), plots.lazy_spike(domains, out / "lazy_spike.png"),
+            plots.mapping_cost(counted, out / "mapping_cost.png"), plots.fleet(counted, out / "fleet.png"),
+            plots.scaling(per_worker, wall, out / "scaling.png")]
+
+    n_seeds = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})"
+    sections = [
+        f"# iommu-bench report: run {run_dir.name}\n",
+        f"Sweep `{manifest.get('sweep', '?')}` ({manifest.get('sweep_file', '?')}), "
+        f"{len(host_rows)} successful cells, commit {manifest.get('git_commit', '?')}, host "
+        f"{manifest.get('host', '?')}, started {manifest.get('start', '?')}. Every figure is a mean over "
+        f"{n_seeds} of per-host sums over domains; tables of counts and memory are under cost variant "
+        f"`{costs}` (cost variants change modelled time only).\n",
+        "## Findings\n",
+        "".join(f"- **{f['scenario']} ({f['format']}, costs {f['costs']})**: {f['text']}.\n" for f in finds) or
+        "(not enough policies to compare)\n",
+        f"## Headline (costs `{costs}`)\n", markdown_table(headline),
+        f"## IOMMU table memory per host (costs `{costs}`)\n",
+        "The sum over domains of each domain's peak IOMMU table, beside the analytic minimum for the same "
+        "mappings and what Xen's toolstack reserves for them.\n",
+        markdown_table(figure_rows(counted, MEMORY)), "![memory](memory.png)\n",
+        f"## The lazy populate spike (costs `{costs}`)\n",
+        "Slowest device assignment of each domain that gets a device, mean per domain size.\n",
+        markdown_table(spike_rows(domains)), "![lazy spike](lazy_spike.png)\n",
+        "## Mapping cost per driver API\n",
+        "Per host. Latency is per map or unmap call, pooled over the host's domains, as Linux's "
+        "`dma_map_benchmark` reports it (mean and standard deviation).\n",
+        markdown_table(figure_rows(everything, COST, keys=("scenario", "format", "costs", "policy", "api"))),
+        "![mapping cost](mapping_cost.png)\n",
+        f"## Fleet limits: IPMMU contexts and the IOVA space (costs `{costs}`)\n",
+        markdown_table(figure_rows(counted, FLEET)), "![fleet](fleet.png)\n",
+        "## The sweep and the engine\n", markdown_table(run_rows), markdown_table(worker_rows),
+        "![scaling](scaling.png)\n",
+    ]
+    text = "\n".join(sections)
+    (out / "report.md").write_text(text)
+    import markdown
+
+    body = markdown.markdown(text, extensions=["tables"])
+    (out / "report.html").write_text(f"<!doctype html>\n<html><head><meta charset='utf-8'><title>iommu-bench "
+                                     f"{run_dir.name}</title><style>table{{border-collapse:collapse}}td,th{{border:"
+                                     f"1px solid #999;padding:2px 6px;text-align:right}}</style></head><body>\n"
+                                     f"{body}\n</body></html>\n")
+    return {"dir": out, "files": [out / "report.md", out / "report.html", *pngs], "headline": headline,
+            "costs": costs, "findings": finds, "run": run_dir.name}
+
+
+__all__ = ["build", "ReportError"]
