@@ -107,6 +107,7 @@ def mapping_cost(groups: dict[tuple, dict[str, Stat]], path: Path) -> Path:
         top, bottom = axes[0][col], axes[1][col]
         _bars(top, groups, scenario, fmt, "map_lat_mean_us", error=False)
         top.set_ylabel("map latency (us, mean per call)")
+        top.set_xlabel("policy")
         top.set_yscale("log")
         _bars(bottom, groups, scenario, fmt, "invalidations")
         bottom.set_ylabel("IOTLB invalidations (per host)")
@@ -122,6 +123,7 @@ def fleet(groups: dict[tuple, dict[str, Stat]], path: Path) -> Path:
     for col, (scenario, fmt) in enumerate(places):
         _bars(axes[0][col], groups, scenario, fmt, "refused")
         axes[0][col].set_ylabel("assignments refused (per host)")
+        axes[0][col].set_xlabel("policy")
         _bars(axes[1][col], groups, scenario, fmt, "unreachable_mib")
         axes[1][col].set_ylabel("unreachable guest memory (MiB per host)")
         axes[1][col].set_xlabel("policy")

@@ -1,0 +1,332 @@
+"""The report and compare: every printed figure is recomputed here, independently, from the dataset.
+
+The run is made without Ray (run_cells + write_part, what each Ray task and the
+driver do), so these tests are quick and do not depend on a cluster.
+"""
+
+import json
+import math
+import re
+import struct
+import zlib
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from iommu_core.cli import main
+from iommu_core.report.compare import compare
+from iommu_core.report.figures import ReportError
+from iommu_core.report.page import build
+from iommu_core.results import read_results, write_part
+from iommu_core.sweep.grid import load_sweep
+from iommu_core.sweep.runner import run_cells
+
+SMALL = """
+[sweep]
+name = "report-test"
+scenarios = ["small-h3", "h3-fleet"]
+apis = ["batched", "blocks"]
+seeds = [0, 1, 2]
+
+[costs.default]
+
+[costs.slow]
+iotlb_inv_ns = 50000
+
+[[extra]]
+formats = ["ipmmu-s1-32"]
+scenarios = ["small-h3"]
+seeds = [0]
+"""
+
+
+def make_run(where: Path, text: str, run_id: str, change=None) -> Path:
+    (where / f"{run_id}.toml").write_text(text)
+    sweep = load_sweep(where / f"{run_id}.toml")
+    rows = run_cells(list(sweep.cells), sweep.costs, run_id)
+    if change:
+        rows = [change(dict(r)) for r in rows]
+    run_dir = where / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    write_part(run_dir, rows, "part-0", {"run_id": run_id, "sweep": sweep.name})
+    (run_dir / "run.json").write_text(json.dumps({"run_id": run_id, "sweep": sweep.name, "start": run_id,
+                                                  "wall_s": 10.0, "ray_start_s": 1.0, "workers": 1}))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("report"), SMALL, "run-a")
+
+
+@pytest.fixture(scope="module")
+def report(run) -> dict:
+    return build(run.parent, run.name)
+
+
+def md_tables(text: str) -> dict[str, list[dict]]:
+    """Every Markdown table of the page, under the heading (## ...) it follows; several: name, name#2."""
+    tables, heading, lines = {}, None, text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("## "):
+            heading = lines[i][3:].split(" (")[0]
+        if lines[i].startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            head = [c.strip() for c in lines[i].strip("|").split("|")]
+            rows = []
+            i += 2
+            while i < len(lines) and lines[i].startswith("| "):
+                rows.append(dict(zip(head, (c.strip() for c in lines[i].strip("|").split("|")))))
+                i += 1
+            name = heading if heading not in tables else f"{heading}#2"
+            tables[name] = rows
+            continue
+        i += 1
+    return tables
+
+
+# -- an independent computation: plain loops over the rows ------------------------------------------
+def per_cell(rows: list[dict]) -> dict[str, dict]:
+    cells = {}
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        c = cells.setdefault(r["cell"], {"rows": [], **{k: r[k] for k in ("scenario", "format", "costs",
+                                                                          "policy", "api", "seed")}})
+        c["rows"].append(r)
+    for c in cells.values():
+        rs = c["rows"]
+        c["iommu_mib"] = sum(r["iommu_table_bytes"] for r in rs) / 2**20
+        c["pct"] = 100 * sum(r["iommu_table_bytes"] for r in rs) / sum(r["ram_bytes"] for r in rs)
+        c["min_mib"] = sum(r["iommu_min_table_bytes"] for r in rs) / 2**20
+        c["reserved_mib"] = sum(r["toolstack_reserved_bytes"] for r in rs) / 2**20
+        c["boot_ms"] = sum(r["boot_ns"] for r in rs) / len(rs) / 1e6
+        c["assign_ms"] = max(r["assign_ns"] for r in rs) / 1e6
+        for k in ("invalidations", "calls", "descriptors_written", "cache_lines_cleaned", "populate_pages",
+                  "assign_refused_context", "assign_refused_undeclared", "unreachable_pages"):
+            c[k] = sum(r[k] for r in rs)
+        for op in ("map", "unmap"):
+            n = sum(r[f"{op}_calls"] for r in rs)
+            mean = sum(r[f"{op}_calls"] * r[f"{op}_lat_mean_us"] for r in rs) / n if n else 0.0
+            sq = sum(r[f"{op}_calls"] * (r[f"{op}_lat_std_us"] ** 2 + r[f"{op}_lat_mean_us"] ** 2) for r in rs)
+            c[f"{op}_mean"] = mean
+            c[f"{op}_std"] = math.sqrt(max(sq / n - mean * mean, 0)) if n else 0.0
+    return cells
+
+
+def over_seeds(cells: dict, costs: str | None) -> dict[tuple, list[dict]]:
+    groups = defaultdict(list)
+    for c in cells.values():
+        if costs is None or c["costs"] == costs:
+            groups[(c["scenario"], c["format"], c["costs"], c["policy"], c["api"])].append(c)
+    return groups
+
+
+def mean(values):
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def sample_std(values):
+    values = list(values)
+    if len(values) < 2:
+        return 0.0
+    m = mean(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+# -- the tests ----------------------------------------------------------------------------------------
+def png_info(path: Path) -> tuple[int, int, dict]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    pos, texts, size = 8, {}, None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        assert zlib.crc32(kind + body) == struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0]
+        if kind == b"IHDR":
+            size = struct.unpack(">II", body[:8])
+        elif kind == b"tEXt":
+            key, _, value = body.partition(b"\0")
+            texts[key.decode()] = value.decode("latin-1")
+        pos += 12 + length
+    return size[0], size[1], texts
+
+
+def test_a_report_writes_every_file_and_valid_labelled_plots(report):
+    names = {p.name for p in report["dir"].iterdir()}
+    assert {"report.md", "report.html"} <= names
+    pngs = [p for p in report["files"] if p.suffix == ".png"]
+    assert len(pngs) >= 4 and all(p.exists() for p in pngs)
+    for p in pngs:
+        width, height, texts = png_info(p)
+        assert width >= 800 and height >= 500, p
+        axes = json.loads(texts["Axes"])
+        assert axes, p
+        for ax in axes:
+            assert ax["x"] and ax["y"], (p, ax)
+            assert re.search(r"\(.+\)", ax["y"]), f"{p.name}: y axis {ax['y']!r} has no unit"
+    html = (report["dir"] / "report.html").read_text()
+    assert "<table>" in html and all(f'src="{p.name}"' in html for p in pngs)
+
+
+def test_the_report_goes_beside_the_runs_by_default(report, run):
+    assert report["dir"] == run.parent.parent / "reports" / run.name
+
+
+def test_headline_and_memory_equal_an_independent_computation(report, run):
+    cells = per_cell(read_results(run).to_pylist())
+    groups = over_seeds(cells, "default")
+    tables = md_tables((report["dir"] / "report.md").read_text())
+    headline, memory = tables["Headline"], tables["IOMMU table memory per host"]
+    assert len(headline) == len(memory) == len(groups)
+    for h, m in zip(headline, memory):
+        g = groups[(h["scenario"], h["format"], "default", h["policy"], h["api"])]
+        assert h["IOMMU MiB"] == m["IOMMU MiB"] == f"{mean(c['iommu_mib'] for c in g):.2f}"
+        assert m["± std"] == f"{sample_std(c['iommu_mib'] for c in g):.2f}"
+        assert h["% of guest RAM"] == f"{mean(c['pct'] for c in g):.3f}"
+        assert h["boot ms (mean)"] == f"{mean(c['boot_ms'] for c in g):.3f}"
+        assert h["slowest assign ms"] == f"{mean(c['assign_ms'] for c in g):.3f}"
+        assert h["invalidations"] == f"{mean(c['invalidations'] for c in g):,.0f}"
+        assert m["analytic min MiB"] == f"{mean(c['min_mib'] for c in g):.2f}"
+        assert m["toolstack reservation MiB"] == f"{mean(c['reserved_mib'] for c in g):.2f}"
+
+
+def test_mapping_cost_and_fleet_equal_an_independent_computation(report, run):
+    cells = per_cell(read_results(run).to_pylist())
+    tables = md_tables((report["dir"] / "report.md").read_text())
+    cost = tables["Mapping cost per driver API"]
+    every = over_seeds(cells, None)
+    assert len(cost) == len(every) and {r["costs"] for r in cost} == {"default", "slow"}
+    for r in cost:
+        g = every[(r["scenario"], r["format"], r["costs"], r["policy"], r["api"])]
+        assert r["calls"] == f"{mean(c['calls'] for c in g):,.0f}"
+        assert r["descriptors"] == f"{mean(c['descriptors_written'] for c in g):,.0f}"
+        assert r["cache lines cleaned"] == f"{mean(c['cache_lines_cleaned'] for c in g):,.0f}"
+        assert r["map us (mean)"] == f"{mean(c['map_mean'] for c in g):.3f}"
+        assert r["map us (std)"] == f"{mean(c['map_std'] for c in g):.3f}"
+        assert r["unmap us (mean)"] == f"{mean(c['unmap_mean'] for c in g):.3f}"
+        assert r["unmap us (std)"] == f"{mean(c['unmap_std'] for c in g):.3f}"
+    fleet = tables["Fleet limits: IPMMU contexts and the IOVA space"]
+    groups = over_seeds(cells, "default")
+    for r in fleet:
+        g = groups[(r["scenario"], r["format"], "default", r["policy"], r["api"])]
+        assert r["refused: no context"] == f"{mean(c['assign_refused_context'] for c in g):.2f}"
+        assert r["refused: undeclared"] == f"{mean(c['assign_refused_undeclared'] for c in g):.2f}"
+        assert r["unreachable MiB"] == f"{mean(c['unreachable_pages'] * 4096 / 2**20 for c in g):.2f}"
+        assert r["populate pages"] == f"{mean(c['populate_pages'] for c in g):,.0f}"
+    # the fleet outgrows the IPMMU's contexts; the 32-bit format leaves part of small-h3's dom0 unreachable
+    assert any(float(r["refused: no context"]) > 0 for r in fleet if r["scenario"] == "h3-fleet")
+    assert any(float(r["unreachable MiB"]) > 0 for r in fleet if r["format"] == "ipmmu-s1-32")
+
+
+def test_the_lazy_spike_equals_an_independent_computation(report, run):
+    rows = [r for r in read_results(run).to_pylist() if r["status"] == "ok" and r["devices"] > 0
+            and r["costs"] == "default"]
+    spike = md_tables((report["dir"] / "report.md").read_text())["The lazy populate spike"]
+    assert spike
+    for s in spike:
+        same = [r for r in rows if (r["scenario"], r["format"], r["api"]) == (s["scenario"], s["format"], s["api"])
+                and r["ram_bytes"] == int(s["domain RAM MiB"]) * 2**20]
+        lazy = [r["assign_ns"] / 1e6 for r in same if r["policy"] == "lazy"]
+        declared = [r["assign_ns"] / 1e6 for r in same if r["policy"] == "declared"]
+        assert s["domains"] == str(len(lazy))
+        if lazy:
+            assert s["lazy assign ms"] == f"{mean(lazy):.3f}"
+            assert s["populate pages (mean)"] == f"{mean(r['populate_pages'] for r in same if r['policy'] == 'lazy'):,.0f}"
+        if declared:
+            assert s["declared assign ms"] == f"{mean(declared):.3f}"
+
+
+def test_the_sweep_table_and_findings_follow_the_numbers(report, run):
+    rows = read_results(run).to_pylist()
+    ok = [r for r in rows if r["status"] == "ok"]
+    tables = md_tables((report["dir"] / "report.md").read_text())
+    sweep = tables["The sweep and the engine"][0]
+    cells_s = sum({r["cell"]: r["cell_wall_s"] for r in ok}.values())
+    assert sweep["cells"] == str(len({r["cell"] for r in ok}))
+    assert sweep["domain boots"] == f"{len(ok):,}"
+    assert sweep["cells' own s"] == f"{cells_s:.1f}"
+    assert sweep["speed-up over one worker"] == f"{cells_s / 10.0:.2f}x"
+    workers = tables["The sweep and the engine#2"]
+    assert sum(int(w["cells"]) for w in workers) == len({r["cell"] for r in ok})
+    # findings: the winner is the policy whose best API has the lowest mean
+    groups = over_seeds(per_cell(rows), "default")
+    for f in report["findings"]:
+        best = {}
+        for (scen, fmt, _, policy, api), g in groups.items():
+            if (scen, fmt) == (f["scenario"], f["format"]):
+                key = {"iommu_mib": "iommu_mib", "boot_mean_ms": "boot_ms", "assign_max_ms": "assign_ms"}[f["figure"]]
+                best[policy] = min(best.get(policy, math.inf), mean(c[key] for c in g))
+        assert best[f["winner"]] == min(best.values())
+        assert f["value"] == pytest.approx(min(best.values()))
+    md = (report["dir"] / "report.md").read_text()
+    assert all(f["text"] in md for f in report["findings"])
+
+
+def test_compare_flags_what_moved_beyond_the_seeds_noise(tmp_path, run):
+    same = compare(run, run)
+    assert same["rows"] and not any(r["_changed"] for r in same["rows"])
+
+    def more_tables(r):
+        if r["status"] == "ok" and r["policy"] == "eager" and r["scenario"] == "small-h3":
+            r["iommu_table_bytes"] *= 2
+        return r
+
+    other = make_run(tmp_path, SMALL, "run-b", change=more_tables)
+    result = compare(run, other)
+    moved = [r for r in result["rows"] if r["_changed"]]
+    assert moved and all(r["policy"] == "eager" and r["scenario"] == "small-h3" for r in moved)
+    memory = [r for r in moved if r["figure"] == "IOMMU MiB"]
+    assert memory and all(r["beyond noise"] == "yes" and r["change"] == "+100.0%" for r in memory)
+
+
+def test_compare_within_noise_is_not_flagged(tmp_path, run):
+    cells = per_cell(read_results(run).to_pylist())
+    spread = {k for k, g in over_seeds(cells, None).items() if sample_std(c["boot_ms"] for c in g) > 0}
+    assert spread
+
+    def nudge(r):
+        key = (r["scenario"], r["format"], r["costs"], r["policy"], r["api"])
+        if r["status"] == "ok" and key in spread and r["seed"] == 0:
+            r["boot_ns"] *= 1.0001
+        return r
+
+    result = compare(run, make_run(tmp_path, SMALL, "run-c", change=nudge))
+    boot = [r for r in result["rows"] if r["figure"] == "boot ms (mean)" and r["_changed"]]
+    assert all(r["beyond noise"] == "no" for r in boot)
+
+
+def test_report_and_compare_on_the_command_line(tmp_path, run, capsys):
+    assert main(["report", run.name, "--results", str(run.parent), "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "findings:" in out and (tmp_path / "out" / "report.md").exists()
+    headline = md_tables((tmp_path / "out" / "report.md").read_text())["Headline"]
+    first = headline[0]
+    assert re.search(r"\s+".join(re.escape(first[k]) for k in ("scenario", "format", "policy", "api", "IOMMU MiB")),
+                     out)
+    assert main(["compare", str(run), str(run)]) == 0
+    assert "0 changed" in capsys.readouterr().out
+
+
+def test_an_empty_or_foreign_dataset_gets_a_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["report", "--results", str(tmp_path / "empty")]) == 2
+    assert "no runs" in capsys.readouterr().err
+    foreign = tmp_path / "foreign" / "r1" / "scenario=x" / "policy=y" / "api=z"
+    foreign.mkdir(parents=True)
+    pq.write_table(pa.table({"a": [1]}), foreign / "p.parquet")
+    assert main(["report", "r1", "--results", str(tmp_path / "foreign")]) == 2
+    assert "schema version" in capsys.readouterr().err
+    assert main(["report", "nope", "--results", str(tmp_path / "foreign")]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
+
+
+def test_a_run_without_successful_cells_is_refused(tmp_path):
+    text = "[sweep]\nscenarios = ['small-h3']\npolicies = ['shared']\napis = ['batched']\np2m_formats = ['p2m-s2-48']\n"
+    run_dir = make_run(tmp_path, text, "na")
+    with pytest.raises(ReportError, match="no successful cells"):
+        build(run_dir.parent, "na")
