@@ -168,7 +168,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .report.figures import by_host_key, hosts
+    from .report.figures import by_host_key, first_costs, hosts
     from .report.page import HEADLINE, figure_rows
     from .results import read_results
     from .sweep.grid import load_sweep
@@ -188,9 +188,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"failed: see the 'error' column of {run_dir}")
     if "ok" in statuses:
         host_rows = hosts(table)
-        print("per host, mean over seeds, every cost variant (the report has the spread and the rest):")
-        rows = figure_rows(by_host_key(host_rows, [f for f, _, _ in HEADLINE]), HEADLINE,
-                           keys=("scenario", "format", "costs", "policy", "api"))
+        costs = first_costs(host_rows)
+        print(f"per host, mean over seeds, costs {costs} (the report has the spread and the rest):")
+        rows = figure_rows(by_host_key(host_rows, [f for f, _, _ in HEADLINE], costs=costs), HEADLINE)
         _print_rows(rows, [(k, k) for k in rows[0]])
         print(f"the full report: iommu-bench report {run_dir.name}" +
               (f" --results {args.results}" if args.results != "results/runs" else ""))

@@ -161,3 +161,23 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_run(tmp_path):
     run_sweep(sweep, tmp_path / "runs", workers=2, resume=run_dir.name)
     rows = read_results(run_dir).to_pylist()
     assert len({r["cell"] for r in rows}) == 16 and len(rows) == 12 * 5 + 4
+
+
+def test_batches_hold_every_cell_once_and_start_with_each_scenario():
+    from iommu_core.sweep.runner import _batches
+    cells = load_sweep().cells
+    batches = _batches(cells)
+    assert sorted(c.key for b in batches for c in b) == sorted(c.key for c in cells)
+    scenarios = {c.scenario for c in cells}
+    assert {b[0].scenario for b in batches[:len(scenarios)]} == scenarios
+
+
+def test_the_eta_counts_each_scenario_at_its_own_mean():
+    from iommu_core.sweep.grid import Cell
+    from iommu_core.sweep.runner import Eta
+    cells = [Cell(s, "eager", "blocks", "ipmmu-s1-39", "p2m-s2-40", "default", seed, False)
+             for s in ("big", "small") for seed in range(4)]
+    eta = Eta(cells, parallel=2)
+    done = [{"cell": cells[0].key, "cell_wall_s": 10.0}, {"cell": cells[0].key, "cell_wall_s": 10.0}]
+    assert eta.after(done) == pytest.approx((3 * 10 + 4 * 10) / 2)       # small not seen: the mean of all
+    assert eta.after([{"cell": cells[4].key, "cell_wall_s": 1.0}]) == pytest.approx((3 * 10 + 3 * 1) / 2)

@@ -76,7 +76,15 @@ def _batches(cells: tuple[Cell, ...]) -> list[list[Cell]]:
     big = [c for c in cells if Path(c.scenario).stem == "server"]
     big.sort(key=lambda c: -_API_WEIGHT[c.api] * _POLICY_WEIGHT[c.policy])
     small = [c for c in cells if Path(c.scenario).stem != "server"]
-    return [[c] for c in big] + [small[i:i + SMALL_CELLS_PER_TASK] for i in range(0, len(small), SMALL_CELLS_PER_TASK)]
+    batches = [[c] for c in big] + [small[i:i + SMALL_CELLS_PER_TASK] for i in range(0, len(small),
+                                                                                    SMALL_CELLS_PER_TASK)]
+    # One early batch of each scenario, so the ETA knows every scenario's cost from the start.
+    seen, probes = set(), []
+    for b in batches:
+        if b[0].scenario not in seen:
+            seen.add(b[0].scenario)
+            probes.append(b)
+    return probes + [b for b in batches if not any(b is p for p in probes)]
 
 
 class Eta:
