@@ -166,6 +166,8 @@ def _translate_case(name: str, impl: str = "engine"):
 class MapGuest:
     """Map the 64 GiB guest with 4 KiB leaves in one call, into a fresh or a warm table."""
 
+    number = 1                  # the call changes the table: one call per setup
+
     params = [["fresh", "warm"]]
     param_names = ["table"]
 
@@ -183,6 +185,8 @@ class MapGuest:
 class MapExtents:
     """Map 2,000 random 512-page extents in one call."""
 
+    number = 1                  # the call changes the table: one call per setup
+
     params = [["4k", "auto"], ["fresh", "warm"]]
     param_names = ["leaf", "table"]
 
@@ -199,6 +203,8 @@ class MapExtents:
 
 class Unmap:
     """Unmap a whole workload (mapped with 4 KiB leaves) in one call."""
+
+    number = 1                  # the call changes the table: one call per setup
 
     params = [WORKLOADS]
     param_names = ["workload"]
@@ -230,6 +236,8 @@ class Translate:
 class SmallCall:
     """One call with a single small extent (target: <= 20 us)."""
 
+    number = 1                  # the call changes the table: one call per setup
+
     params = [SMALL_PAGES]
     param_names = ["npages"]
     repeat = (20, 200, 5.0)
@@ -243,6 +251,38 @@ class SmallCall:
 
     def time_unmap(self, npages):
         self.full.unmap(SMALL_IOVA, npages)
+
+
+class Sizes:
+    """Map, unmap and translate one contiguous guest region of several sizes, with 4 KiB leaves or with
+    2 MiB / 1 GiB blocks where aligned (the region is 1 GiB-aligned on both sides)."""
+
+    number = 1                  # the call changes the table: one call per setup
+
+    params = [["4k", "blocks"], [64, 1024, 16384]]
+    param_names = ["leaf", "MiB"]
+    repeat = (3, 10, 20.0)
+
+    def setup(self, leaf, mib):
+        self.leaf = "4k" if leaf == "4k" else "auto"
+        self.npages = mib << 8
+        self.fresh = new_table()
+        self.full = new_table()
+        self.full.map(GUEST_IOVA, GUEST_PA, self.npages, leaf=self.leaf)
+        rng = np.random.default_rng(SEED)
+        self.addrs = (GUEST_IOVA + rng.integers(0, self.npages * GRANULE, 1 << 16)).astype(np.uint64)
+
+    def teardown(self, leaf, mib):
+        del self.fresh, self.full
+
+    def time_map(self, leaf, mib):
+        self.fresh.map(GUEST_IOVA, GUEST_PA, self.npages, leaf=self.leaf)
+
+    def time_unmap(self, leaf, mib):
+        self.full.unmap(GUEST_IOVA, self.npages)
+
+    def time_translate(self, leaf, mib):
+        self.full.translate(self.addrs)
 
 
 def _small_table(npages: int, live: bool) -> PageTable:
@@ -267,6 +307,8 @@ class GuestMemory:
 class ReferenceMap:
     """Reference: 64K contiguous pages or 100 random extents, 4 KiB leaves, one call."""
 
+    number = 1                  # the call changes the table: one call per setup
+
     params = [WORKLOADS, ["fresh", "warm"]]
     param_names = ["workload", "table"]
     repeat = (1, 5, 10.0)
@@ -281,6 +323,8 @@ class ReferenceMap:
 
 class ReferenceUnmap:
     """Reference: unmap the scaled-down workload in one call."""
+
+    number = 1                  # the call changes the table: one call per setup
 
     params = [WORKLOADS]
     param_names = ["workload"]

@@ -191,3 +191,19 @@ def test_h3_dom0_maps_its_memory_and_the_board_mmio_not_passed_through():
     got_pages = int(ext.npages[mmio].sum())
     assert got_pages == sum(n for _, n in want)
     assert all(int(p) == int(v) for p, v in zip(ext.pa[mmio], ext.iova[mmio]))          # 1:1
+
+
+@pytest.mark.parametrize("policy", ["eager", "lazy"])
+def test_dom0_boots_and_holds_its_devices_before_any_domu_starts(policy):
+    """Xen builds dom0 (and assigns its devices) before the toolstack in it creates a domU."""
+    from iommu_core.xen.trace import Recorder
+    s = load_scenario("h3-fleet")
+    host = Host(s.board, s.host_config(policy=policy, api="batched"))
+    host.recorder = Recorder()
+    records = host.run(list(s.specs))
+    starts = {}
+    for t, domid, *_ in host.recorder.rows:
+        starts.setdefault(domid, []).append(t)
+    dom0_last = max(starts[0])
+    assert all(min(ts) >= dom0_last for d, ts in starts.items() if d != 0)
+    assert records[0]["assign_refused_context"] == 0 and records[0]["devices"] > 0
