@@ -76,6 +76,24 @@ class SmallSweep:
     track_ray_start_seconds.unit = "s"
 
 
+class SmallSweepTime:
+    """The small grid end to end on a local Ray with every CPU: Ray's start, the cells, Ray's stop."""
+
+    timeout = 300
+    number = 1
+    repeat = (1, 3, 120.0)
+
+    def setup(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.sweep = sweep_of(SMALL_GRID, Path(self.dir.name))
+
+    def teardown(self):
+        self.dir.cleanup()
+
+    def time_sweep(self):
+        run_sweep(self.sweep, Path(self.dir.name))
+
+
 def scaling(where: Path) -> None:
     grid = sweep_of(SCALING_GRID, where)
     walls = {}

@@ -85,3 +85,15 @@ def test_a_worker_killed_mid_sweep_is_retried_and_every_cell_lands_once(cluster,
         cells.setdefault(r["cell"], []).append(r["domain"])
     assert len(cells) == 32
     assert all(len(domains) == len(set(domains)) for domains in cells.values())    # no row twice
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "onprem.yaml"])
+def test_the_launcher_configs_pass_rays_own_schema(name):
+    """`ray up` validates a config the same way (defaults filled in, then Ray's JSON schema)."""
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((Path(__file__).parent.parent / "cluster" / name).read_text())
+    validate_config(prepare_config(config))
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "RAY_AUTH_MODE" not in head
