@@ -3,7 +3,8 @@
 time_ classes boot a host; track_ classes report the model's answers (table
 memory per GiB of guest RAM, invalidations and cache cleans per boot, pages a
 lazy populate copies, used over the toolstack's reservation) so a change in
-any of them shows on the commit that caused it. The large host (`ServerBoot`,
+any of them shows on the commit that caused it, and the simulated pages per
+second of wall time. The large host (`ServerBoot`,
 512 GiB, dom0 + 100 domUs) runs with the invariant off and on; its size can be
 shrunk with IOMMU_BENCH_DOMUS.
 """
@@ -128,6 +129,12 @@ class Answers:
         return sum(r["iommu_table_bytes"] for r in records) / sum(r["toolstack_reserved_bytes"] for r in records)
 
     track_used_over_reserved.unit = "ratio"
+
+    def track_simulated_pages_per_second(self, runs, policy, api):
+        """The engine's speed inside the model: P2M pages mapped per second of the host's wall time."""
+        return runs[(policy, api)][0]["sim_pages_per_s_wall"]
+
+    track_simulated_pages_per_second.unit = "pages/s"
 
 
 def main() -> None:
