@@ -22,7 +22,7 @@ name = "scaling"
 scenarios = ["server"]
 policies = ["eager", "declared"]
 apis = ["per-page", "batched"]
-seeds = [0, 1, 2]
+seeds = [0, 1, 2, 3]
 """
 SMALL_GRID = """
 [sweep]
