@@ -174,7 +174,7 @@ def test_batches_hold_every_cell_once_and_start_with_each_scenario():
 
 def test_the_eta_counts_each_scenario_at_its_own_mean():
     from iommu_core.sweep.grid import Cell
-    from iommu_core.sweep.runner import Eta
+    from iommu_core.sweep.progress import Eta
     cells = [Cell(s, "eager", "blocks", "ipmmu-s1-39", "p2m-s2-40", "default", seed, False)
              for s in ("big", "small") for seed in range(4)]
     eta = Eta(cells, parallel=2)

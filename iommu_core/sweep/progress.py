@@ -41,3 +41,26 @@ class Bar(Quiet):
 
     def close(self) -> None:
         self.bar.close()
+
+
+class Eta:
+    """Seconds left: per scenario, the mean wall time of its finished cells times its cells left, over
+    the workers (scenarios not seen yet count at the mean of all finished cells)."""
+
+    def __init__(self, cells, parallel: int):
+        self.left = {}
+        for c in cells:
+            self.left[c.scenario] = self.left.get(c.scenario, 0) + 1
+        self.spent: dict[str, list] = {}
+        self.parallel = parallel
+
+    def after(self, rows: list[dict]) -> float:
+        for cell, scenario_path in {(r["cell"], r["cell"].rsplit("/", 6)[0]) for r in rows}:
+            wall = next(r["cell_wall_s"] for r in rows if r["cell"] == cell)
+            seen = self.spent.setdefault(scenario_path, [0.0, 0])
+            seen[0] += wall or 0.0
+            seen[1] += 1
+            self.left[scenario_path] -= 1
+        total = sum(s for s, _ in self.spent.values()) / max(sum(n for _, n in self.spent.values()), 1)
+        return sum(n * (self.spent[s][0] / self.spent[s][1] if s in self.spent else total)
+                   for s, n in self.left.items()) / self.parallel
