@@ -39,8 +39,13 @@ def _places(groups: dict[tuple, dict]) -> list[tuple[str, str]]:
     return sorted({(k[0], k[1]) for k in groups})
 
 
+def _size(columns: int) -> tuple[float, float]:
+    """At least SIZE; wider when many scenarios stand side by side, so tick labels do not collide."""
+    return max(SIZE[0], 3.6 * columns), SIZE[1]
+
+
 def _subplots(n: int):
-    fig, axes = plt.subplots(1, max(n, 1), figsize=SIZE, dpi=DPI, squeeze=False)
+    fig, axes = plt.subplots(1, max(n, 1), figsize=_size(n), dpi=DPI, squeeze=False)
     return fig, axes[0]
 
 
@@ -63,7 +68,7 @@ def _bars(ax, groups, scenario, fmt, figure, error=True, marker=None):
         if marker:
             ax.scatter(xs, ms, marker="_", s=200, color="black", zorder=3,
                        label="analytic minimum" if j == 0 else None)
-    ax.set_xticks(range(len(POLICY_ORDER)), POLICY_ORDER)
+    ax.set_xticks(range(len(POLICY_ORDER)), POLICY_ORDER, fontsize="small")
     ax.set_title(f"{scenario} ({fmt})")
 
 
@@ -77,6 +82,7 @@ def memory(groups: dict[tuple, dict[str, Stat]], path: Path) -> Path:
         ax.set_xlabel("policy")
         ax.set_ylabel("IOMMU table memory (MiB per host)")
         ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_ylim(bottom=0)               # sizes: an error bar must not reach below zero
     return _save(fig, path, "IOMMU table memory per policy and driver API (mean over seeds, bars: std)", axes[0])
 
 
@@ -102,7 +108,7 @@ def lazy_spike(domains: list[dict], path: Path) -> Path:
 
 def mapping_cost(groups: dict[tuple, dict[str, Stat]], path: Path) -> Path:
     places = _places(groups)
-    fig, axes = plt.subplots(2, max(len(places), 1), figsize=SIZE, dpi=DPI, squeeze=False)
+    fig, axes = plt.subplots(2, max(len(places), 1), figsize=_size(len(places)), dpi=DPI, squeeze=False)
     for col, (scenario, fmt) in enumerate(places):
         top, bottom = axes[0][col], axes[1][col]
         _bars(top, groups, scenario, fmt, "map_lat_mean_us", error=False)
@@ -113,13 +119,14 @@ def mapping_cost(groups: dict[tuple, dict[str, Stat]], path: Path) -> Path:
         bottom.set_ylabel("IOTLB invalidations (per host)")
         bottom.set_xlabel("policy")
         bottom.set_yscale("symlog", linthresh=1)
+        bottom.set_ylim(bottom=0)
         bottom.set_title("")
     return _save(fig, path, "Mapping cost per driver API: per-call map latency and invalidations", axes[0][0])
 
 
 def fleet(groups: dict[tuple, dict[str, Stat]], path: Path) -> Path:
     places = _places(groups)
-    fig, axes = plt.subplots(2, max(len(places), 1), figsize=SIZE, dpi=DPI, squeeze=False)
+    fig, axes = plt.subplots(2, max(len(places), 1), figsize=_size(len(places)), dpi=DPI, squeeze=False)
     for col, (scenario, fmt) in enumerate(places):
         _bars(axes[0][col], groups, scenario, fmt, "refused")
         axes[0][col].set_ylabel("assignments refused (per host)")
@@ -128,6 +135,8 @@ def fleet(groups: dict[tuple, dict[str, Stat]], path: Path) -> Path:
         axes[1][col].set_ylabel("unreachable guest memory (MiB per host)")
         axes[1][col].set_xlabel("policy")
         axes[1][col].set_title("")
+        for ax in (axes[0][col], axes[1][col]):
+            ax.set_ylim(bottom=0)
     return _save(fig, path, "Fleet limits: IPMMU contexts (refused assignments) and the IOVA space (unreachable GFNs)",
                  axes[0][0])
 
