@@ -48,50 +48,44 @@ def ok_rows(table: pa.Table) -> pa.Table:
     return ok
 
 
-def pooled(n, mean, std) -> tuple[float, float]:
-    """Mean and standard deviation of the union of groups given by count, mean and std (population)."""
-    total = sum(n)
-    if not total:
-        return 0.0, 0.0
-    m = sum(a * b for a, b in zip(n, mean)) / total
-    second = sum(a * (s * s + b * b) for a, b, s in zip(n, mean, std)) / total
-    return m, math.sqrt(max(second - m * m, 0.0))
-
-
 def hosts(table: pa.Table) -> list[dict]:
-    """One dict per cell: its keys, seed and its figures summed (or taken at the max) over its domains."""
+    """One dict per cell: its keys, seed and its figures summed (or taken at the max) over its domains.
+
+    Map and unmap latencies are pooled over domains from each domain's call count, mean and
+    (population) standard deviation: the sums of n*mean and n*(std^2 + mean^2) give the host's."""
     ok = ok_rows(table)
-    cols = ok.select(["cell", *HOST_KEYS, "seed", *_SUMS, "boot_ns", "assign_ns", "map_lat_mean_us",
-                      "map_lat_std_us", "unmap_lat_mean_us", "unmap_lat_std_us", "sim_pages_per_s_wall",
-                      "engine_wall_s", "cell_wall_s", "worker"]).to_pydict()
-    out: dict[str, dict] = {}
-    for i, cell in enumerate(cols["cell"]):
-        h = out.get(cell)
-        if h is None:
-            h = out[cell] = {k: cols[k][i] for k in ("cell", *HOST_KEYS, "seed", "sim_pages_per_s_wall",
-                                                     "engine_wall_s", "cell_wall_s", "worker")}
-            h.update(dict.fromkeys(_SUMS, 0), domains=0, boot_ns=[], assign_ns=0.0, lat={"map": [], "unmap": []})
-        for k in _SUMS:
-            h[k] += cols[k][i]
-        h["domains"] += 1
-        h["boot_ns"].append(cols["boot_ns"][i])
-        h["assign_ns"] = max(h["assign_ns"], cols["assign_ns"][i])      # 0 for a domain without devices
-        for op in ("map", "unmap"):
-            h["lat"][op].append((cols[f"{op}_calls"][i], cols[f"{op}_lat_mean_us"][i], cols[f"{op}_lat_std_us"][i]))
-    for h in out.values():
+    extra = {}
+    for op in ("map", "unmap"):
+        n, mean, std = ok[f"{op}_calls"], ok[f"{op}_lat_mean_us"], ok[f"{op}_lat_std_us"]
+        extra[f"{op}_s1"] = pc.multiply(n, mean)
+        extra[f"{op}_s2"] = pc.multiply(n, pc.add(pc.multiply(std, std), pc.multiply(mean, mean)))
+    for name, column in extra.items():
+        ok = ok.append_column(name, column)
+    per_cell = ("sim_pages_per_s_wall", "engine_wall_s", "cell_wall_s")      # one value per cell
+    grouped = ok.group_by(["cell", *HOST_KEYS, "seed", "worker"], use_threads=False).aggregate(
+        [(c, "sum") for c in (*_SUMS, *extra)] + [(c, "max") for c in (*per_cell, "boot_ns", "assign_ns")]
+        + [("boot_ns", "mean"), ("cell", "count")])
+    out = []
+    for g in grouped.to_pylist():
+        h = {k: g[k] for k in ("cell", *HOST_KEYS, "seed", "worker")}
+        h.update({c: g[f"{c}_sum"] for c in _SUMS}, **{c: g[f"{c}_max"] for c in per_cell})
+        h["domains"] = g["cell_count"]
         h["iommu_mib"] = h["iommu_table_bytes"] / MIB
         h["min_mib"] = h["iommu_min_table_bytes"] / MIB
         h["reserved_mib"] = h["toolstack_reserved_bytes"] / MIB
         h["iommu_pct_ram"] = 100 * h["iommu_table_bytes"] / h["ram_bytes"]
-        h["boot_mean_ms"] = statistics.fmean(h["boot_ns"]) / 1e6
-        h["boot_max_ms"] = max(h["boot_ns"]) / 1e6
-        h["assign_max_ms"] = h["assign_ns"] / 1e6
+        h["boot_mean_ms"] = g["boot_ns_mean"] / 1e6
+        h["boot_max_ms"] = g["boot_ns_max"] / 1e6
+        h["assign_max_ms"] = g["assign_ns_max"] / 1e6          # 0 on a host without devices
         h["unreachable_mib"] = h["unreachable_pages"] * PAGE / MIB
         h["refused"] = h["assign_refused_context"] + h["assign_refused_undeclared"]
         for op in ("map", "unmap"):
-            h[f"{op}_lat_mean_us"], h[f"{op}_lat_std_us"] = pooled(*zip(*h["lat"][op]))
-        del h["lat"], h["boot_ns"]
-    return list(out.values())
+            n = h[f"{op}_calls"]
+            mean = g[f"{op}_s1_sum"] / n if n else 0.0
+            h[f"{op}_lat_mean_us"] = mean
+            h[f"{op}_lat_std_us"] = math.sqrt(max(g[f"{op}_s2_sum"] / n - mean * mean, 0.0)) if n else 0.0
+        out.append(h)
+    return out
 
 
 @dataclass(frozen=True)
