@@ -36,7 +36,9 @@ def _positive_int(value: str) -> int:
     return n
 
 
-def _print_rows(rows: list[dict], columns: list[tuple[str, str]]) -> None:
+def _print_rows(rows: list[dict], columns: list[tuple[str, str]] | None = None) -> None:
+    """An aligned table; columns are (key, title) pairs, by default every key of the first row."""
+    columns = columns or [(k, k) for k in rows[0] if not k.startswith("_")]
     cells = [[title for _, title in columns]]
     for row in rows:
         cells.append([_fmt(row.get(key)) for key, _ in columns])
@@ -168,8 +170,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .report.figures import by_host_key, first_costs, hosts
-    from .report.page import HEADLINE, figure_rows
+    from .report.figures import hosts
+    from .report.page import headline
     from .results import read_results
     from .sweep.grid import load_sweep
     from .sweep.progress import Bar, Quiet
@@ -187,11 +189,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{len({c for c, s in zip(table.column('cell').to_pylist(), statuses) if s == 'failed'})} cells "
               f"failed: see the 'error' column of {run_dir}")
     if "ok" in statuses:
-        host_rows = hosts(table)
-        costs = first_costs(host_rows)
+        costs, rows = headline(hosts(table))
         print(f"per host, mean over seeds, costs {costs} (the report has the spread and the rest):")
-        rows = figure_rows(by_host_key(host_rows, [f for f, _, _ in HEADLINE], costs=costs), HEADLINE)
-        _print_rows(rows, [(k, k) for k in rows[0]])
+        _print_rows(rows)
         print(f"the full report: iommu-bench report {run_dir.name}" +
               (f" --results {args.results}" if args.results != "results/runs" else ""))
     return 0
@@ -202,7 +202,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     report = build(args.results, args.run, Path(args.output) if args.output else None)
     print(f"run {report['run']}: headline (costs {report['costs']}; mean over seeds, per host)")
-    _print_rows(report["headline"], [(k, k) for k in report["headline"][0]])
+    _print_rows(report["headline"])
     print("\nfindings:")
     for f in report["findings"]:
         print(f"- {f['scenario']} ({f['format']}, costs {f['costs']}): {f['text'].replace('`', '')}")
@@ -227,7 +227,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if keys:
             print(f"only in {side.upper()}: {len(keys)} host settings, e.g. {'/'.join(keys[0])}")
     if rows:
-        _print_rows(rows, [(k, k) for k in rows[0] if not k.startswith("_")])
+        _print_rows(rows)
     return 0
 
 
