@@ -7,7 +7,9 @@ rate over cells would mislead, since the big hosts run first.
 
 from __future__ import annotations
 
+import statistics
 import sys
+from collections import Counter
 
 
 class Quiet:
@@ -48,19 +50,15 @@ class Eta:
     the workers (scenarios not seen yet count at the mean of all finished cells)."""
 
     def __init__(self, cells, parallel: int):
-        self.left = {}
-        for c in cells:
-            self.left[c.scenario] = self.left.get(c.scenario, 0) + 1
-        self.spent: dict[str, list] = {}
+        self.scenario_of = {c.key: c.scenario for c in cells}
+        self.left = Counter(self.scenario_of.values())
+        self.spent: dict[str, list[float]] = {}
         self.parallel = parallel
 
     def after(self, rows: list[dict]) -> float:
-        for cell, scenario_path in {(r["cell"], r["cell"].rsplit("/", 6)[0]) for r in rows}:
-            wall = next(r["cell_wall_s"] for r in rows if r["cell"] == cell)
-            seen = self.spent.setdefault(scenario_path, [0.0, 0])
-            seen[0] += wall or 0.0
-            seen[1] += 1
-            self.left[scenario_path] -= 1
-        total = sum(s for s, _ in self.spent.values()) / max(sum(n for _, n in self.spent.values()), 1)
-        return sum(n * (self.spent[s][0] / self.spent[s][1] if s in self.spent else total)
-                   for s, n in self.left.items()) / self.parallel
+        for cell, wall in {r["cell"]: r["cell_wall_s"] or 0.0 for r in rows}.items():
+            scenario = self.scenario_of[cell]
+            self.spent.setdefault(scenario, []).append(wall)
+            self.left[scenario] -= 1
+        overall = statistics.fmean(w for walls in self.spent.values() for w in walls)
+        return sum(n * statistics.fmean(self.spent.get(s, [overall])) for s, n in self.left.items()) / self.parallel

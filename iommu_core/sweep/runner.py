@@ -79,12 +79,11 @@ def _batches(cells: tuple[Cell, ...]) -> list[list[Cell]]:
     batches = [[c] for c in big] + [small[i:i + SMALL_CELLS_PER_TASK] for i in range(0, len(small),
                                                                                     SMALL_CELLS_PER_TASK)]
     # One early batch of each scenario, so the ETA knows every scenario's cost from the start.
-    seen, probes = set(), []
-    for b in batches:
-        if b[0].scenario not in seen:
-            seen.add(b[0].scenario)
-            probes.append(b)
-    return probes + [b for b in batches if not any(b is p for p in probes)]
+    first: dict[str, int] = {}
+    for i, b in enumerate(batches):
+        first.setdefault(b[0].scenario, i)
+    probes = sorted(first.values())
+    return [batches[i] for i in probes] + [b for i, b in enumerate(batches) if i not in first.values()]
 
 
 def _check_address(address: str, timeout: float = 3.0) -> None:
