@@ -123,13 +123,13 @@ def _axes(table: dict, where: str, path: Path, fail, defaults: bool = True) -> d
             ("p2m_formats", ("p2m-s2-40", "p2m-s2-48"), ["p2m-s2-40"], str), ("seeds", None, [0], int)):
         if defaults or key in table:
             axes[key] = names(key, allowed, default, kind)
+    if "scenarios" in axes:                 # a file name is relative to the sweep file
+        axes["scenarios"] = [s if not s.endswith(".toml") else str(path.parent / s) for s in axes["scenarios"]]
     for s in axes.get("scenarios", ()):
         try:
-            load_scenario(s if not s.endswith(".toml") else str(path.parent / s))
+            load_scenario(s)
         except ScenarioError as e:
             raise fail(f"{where}.scenarios", f"cannot load: {e}", s) from None
-    if "scenarios" in axes:
-        axes["scenarios"] = [s if not s.endswith(".toml") else str(path.parent / s) for s in axes["scenarios"]]
     if any(s < 0 for s in axes.get("seeds", ())):
         raise fail(f"{where}.seeds", "seeds must be >= 0", axes["seeds"])
     return axes
