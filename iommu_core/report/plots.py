@@ -53,20 +53,15 @@ def _bars(ax, groups, scenario, fmt, figure, error=True, marker=None):
     """Grouped bars: one group per policy, one bar per API, error bars = std over seeds; `marker`: a
     second figure drawn as a tick on each bar."""
     width = 0.8 / len(API_ORDER)
+    here = [(dict(zip(HOST_KEYS, key)), figs) for key, figs in groups.items() if key[:2] == (scenario, fmt)]
     for j, api in enumerate(API_ORDER):
-        xs, ys, es, ms = [], [], [], []
-        for i, policy in enumerate(POLICY_ORDER):
-            for key, figs in groups.items():
-                k = dict(zip(HOST_KEYS, key))
-                if (k["scenario"], k["format"], k["policy"], k["api"]) == (scenario, fmt, policy, api):
-                    xs.append(i + (j - 1) * width)
-                    ys.append(figs[figure].mean)
-                    es.append(figs[figure].std)
-                    ms.append(figs[marker].mean if marker else 0)
-        ax.bar(xs, ys, width, yerr=es if error else None, label=api, hatch=API_HATCH[api], edgecolor="black",
-               capsize=2)
+        bars = sorted(((POLICY_ORDER.index(k["policy"]), figs) for k, figs in here
+                       if k["api"] == api and k["policy"] in POLICY_ORDER), key=lambda b: b[0])
+        xs = [i + (j - 1) * width for i, _ in bars]
+        ax.bar(xs, [f[figure].mean for _, f in bars], width, yerr=[f[figure].std for _, f in bars] if error else None,
+               label=api, hatch=API_HATCH[api], edgecolor="black", capsize=2)
         if marker:
-            ax.scatter(xs, ms, marker="_", s=200, color="black", zorder=3,
+            ax.scatter(xs, [f[marker].mean for _, f in bars], marker="_", s=200, color="black", zorder=3,
                        label="analytic minimum" if j == 0 else None)
     ax.set_xticks(range(len(POLICY_ORDER)), POLICY_ORDER, fontsize="small")
     ax.set_title(f"{scenario} ({fmt})")
