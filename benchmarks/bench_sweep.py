@@ -12,7 +12,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from iommu_core.results import read_results
+from iommu_core.results import MANIFEST_NAME, read_results
 from iommu_core.sweep.grid import Sweep, load_sweep
 from iommu_core.sweep.runner import run_sweep
 
@@ -44,7 +44,7 @@ def timed_run(sweep: Sweep, workers: int | None, where: Path) -> dict:
     """The run's manifest (ray_start_s: Ray's start; wall_s: submitting cells to the last result) and
     the summed wall time of its cells, in seconds."""
     run_dir = run_sweep(sweep, where, workers=workers)
-    manifest = json.loads((run_dir / "run.json").read_text())
+    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
     table = read_results(run_dir)
     cells = {c: w for c, w in zip(table.column("cell").to_pylist(), table.column("cell_wall_s").to_pylist())}
     manifest["cells_wall_s"] = sum(cells.values())

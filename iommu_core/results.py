@@ -97,6 +97,10 @@ def write_part(run_dir: Path, rows: list[dict], name: str, provenance: dict) -> 
         os.replace(tmp, sub / f"{name}.parquet")
 
 
+# The run's manifest (provenance, status, cell counts), written last; one name for every reader.
+MANIFEST_NAME = "run.json"
+
+
 def latest_run(results) -> Path:
     """The run that started last (by its run.json), e.g. the committed reference run on a fresh clone."""
     runs = [p for p in Path(results).iterdir() if p.is_dir() and any(p.glob("*=*"))]
@@ -105,7 +109,7 @@ def latest_run(results) -> Path:
 
     def started(p: Path) -> str:
         try:
-            return json.loads((p / "run.json").read_text())["start"]
+            return json.loads((p / MANIFEST_NAME).read_text())["start"]
         except (OSError, ValueError, KeyError):
             return ""
     return max(runs, key=lambda p: (started(p), p.name))

@@ -20,7 +20,7 @@ from iommu_core.cli import main
 from iommu_core.report.compare import compare
 from iommu_core.report.figures import ReportError
 from iommu_core.report.page import build
-from iommu_core.results import read_results, write_part
+from iommu_core.results import MANIFEST_NAME, read_results, write_part
 from iommu_core.sweep.grid import load_sweep
 from iommu_core.sweep.runner import run_cells
 
@@ -52,7 +52,7 @@ def make_run(where: Path, text: str, run_id: str, change=None) -> Path:
     run_dir = where / "runs" / run_id
     run_dir.mkdir(parents=True)
     write_part(run_dir, rows, "part-0", {"run_id": run_id, "sweep": sweep.name})
-    (run_dir / "run.json").write_text(json.dumps({"run_id": run_id, "sweep": sweep.name, "start": run_id,
+    (run_dir / MANIFEST_NAME).write_text(json.dumps({"run_id": run_id, "sweep": sweep.name, "start": run_id,
                                                   "wall_s": 10.0, "ray_start_s": 1.0, "workers": 1}))
     return run_dir
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from iommu_core.results import SCHEMA_VERSION, ResultsError, read_results
+from iommu_core.results import MANIFEST_NAME, SCHEMA_VERSION, ResultsError, read_results
 from iommu_core.sweep.grid import SweepError, load_sweep
 from iommu_core.sweep.progress import Quiet
 from iommu_core.sweep.runner import _check_address, run_sweep
@@ -41,7 +41,7 @@ def test_a_small_sweep_end_to_end(tmp_path):
     assert len(ok) == 12 * 5 and len(na) == 4                 # shared with a 48-bit P2M: not applicable
     assert all(r["mismatches"] == 0 for r in ok)
     assert len({r["cell"] for r in rows}) == 16
-    manifest = json.loads((run_dir / "run.json").read_text())
+    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
     assert manifest["cells_done"] == 16 and manifest["cells_failed"] == 0
     schema = pq.read_schema(next(run_dir.rglob("*.parquet")))
     assert schema.metadata[b"schema_version"].decode() == SCHEMA_VERSION
@@ -153,7 +153,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_run(tmp_path):
             raise KeyboardInterrupt
 
     run_dir = run_sweep(sweep, tmp_path / "runs", workers=2, progress=InterruptAfterFirstResult)
-    manifest = json.loads((run_dir / "run.json").read_text())
+    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
     assert manifest["status"] == "interrupted" and 0 < manifest["cells_done"] < 16
     assert not list(run_dir.rglob("*.tmp"))
     partial = read_results(run_dir).num_rows

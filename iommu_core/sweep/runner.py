@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from .. import __version__
-from ..results import placeholder, row, write_part
+from ..results import MANIFEST_NAME, placeholder, row, write_part
 from .grid import Cell, Sweep
 from .progress import Eta, Quiet
 
@@ -177,9 +177,9 @@ def run_sweep(sweep: Sweep, results: Path, address: str | None = None, workers: 
         manifest = {**provenance, "end": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                     "status": status, "cells": len(sweep.cells), "cells_done": done, "cells_failed": failed,
                     "ray_start_s": ray_start_s, "wall_s": time.perf_counter() - t0}
-        tmp = run_dir / ".run.json.tmp"
+        tmp = run_dir / f".{MANIFEST_NAME}.tmp"
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp, run_dir / "run.json")
+        os.replace(tmp, run_dir / MANIFEST_NAME)
         return run_dir
     finally:
         ray.shutdown()
