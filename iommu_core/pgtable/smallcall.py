@@ -35,7 +35,7 @@ _OA = d.OA_MASK_48
 def leaf_runs(start: int, end: int, delta: int, levels) -> list[tuple[int, int, int]]:
     """Xen's order rule for one extent: (level, first page, end page) runs, largest leaf first.
 
-    The vectorized twin is PageTable._plan_leaves; see its docstring for why
+    The vectorized twin is order.leaf_runs; see its docstring for why
     the rule reduces to "small leaves up to an aligned point, then larger ones".
     """
     if end - start < level_pages(LAST_LEVEL - 1) or (delta | end) % level_pages(LAST_LEVEL - 1):
@@ -156,6 +156,8 @@ def unmap_one(pt, iova, npages) -> dict | None:
                           and iova >= 0 and not iova % GRANULE
                           and iova // GRANULE + npages <= pt.fmt.ia_pages):
         return None
+    if pt.xen_unmap and npages >= ENTRIES and not (iova // GRANULE + npages) % ENTRIES:
+        return None                     # a removal leaf may cover a whole table: Xen frees it
     in_pg = int(iova) // GRANULE
     work = []
     for t, a, b, _ in _segments(pt, LAST_LEVEL, in_pg, in_pg + int(npages)):

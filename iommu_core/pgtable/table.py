@@ -26,6 +26,7 @@ from .extents import (
     map_batch,
     unmap_batch,
 )
+from .order import leaf_runs
 from .format import (
     ENTRIES,
     ENTRIES_PER_LINE,
@@ -51,13 +52,20 @@ class PageTable:
     """An ARM VMSAv8-64 translation table of one `Format`, held in a numpy pool.
 
     reclaim: free tables that an unmap leaves empty (Xen keeps them; off by default).
+    xen_unmap: unmap as Xen's p2m_set_entry removes: by the order rule (order.py), so a
+        block is split down to the order the range allows at its place, and a table
+        whose whole entry one removal leaf covers is freed with its subtree
+        (p2m_free_entry). Off: the largest entries inside the range are cleared and
+        every table is kept.
     """
 
-    def __init__(self, fmt: Format | str, base: int = 0x8000_0000, reclaim: bool = False):
+    def __init__(self, fmt: Format | str, base: int = 0x8000_0000, reclaim: bool = False,
+                 xen_unmap: bool = False):
         self.fmt = Format.preset(fmt) if isinstance(fmt, str) else fmt
         if not isinstance(self.fmt, Format):
             raise ValueError(f"fmt must be a Format or a preset name, got {fmt!r}")
         self.reclaim = bool(reclaim)
+        self.xen_unmap = bool(xen_unmap)
         self.pool = TablePool(self.fmt, base)
         self._table_bits = U64(d.table_desc_bits(self.fmt))
         self._totals = dict.fromkeys(COUNTERS + ("cache_lines_written",), 0)
@@ -113,6 +121,11 @@ class PageTable:
         op = OpAccount()
         self._unmap(batch.in_page, batch.in_page + batch.npages, op)
         return self._finish(op)
+
+    def probe(self, addrs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where each address's walk ends: (level, is a leaf, output address); see walk.probe."""
+        a = np.atleast_1d(np.asarray(addrs)).astype(U64)
+        return walk.probe(self.pool, self.fmt, a)
 
     def translate(self, addrs) -> Translation:
         """Walk the table for each input byte address, as the hardware would."""
@@ -208,35 +221,15 @@ class PageTable:
 
     # -- the leaf plan -----------------------------------------------------
     def _plan_leaves(self, b: Batch, levels: tuple[int, ...]) -> dict:
-        """Split each extent into per-level runs of leaves, by Xen's order rule.
-
-        At each step the largest leaf with input, output and remaining length all
-        aligned is used. As input and output move together and the end is fixed,
-        a leaf size is usable in an extent iff (pa - iova) and the end are aligned
-        to it, and then from the first aligned input page to the end: the extent
-        is small leaves up to an aligned point, then larger ones to the end.
-        """
-        start = b.in_page
-        end = b.in_page + b.npages
+        """Split each extent into per-level runs of leaves, by Xen's order rule (order.py)."""
         delta = b.out_page - b.in_page
         attrs = d.leaf_attrs(self.fmt, b.perm, b.memtype, b.sw)
-        cut = end.copy()                    # where the current (larger) leaf size begins
         plan = {}
-        for level in sorted(levels):        # largest leaf first
-            size = level_pages(level)
-            if level == LAST_LEVEL:
-                lo = start
-            else:
-                ok = (delta % size == 0) & (end % size == 0)
-                lo = np.where(ok, np.minimum(-(-start // size) * size, cut), cut)
-            keep = lo < cut
-            if keep.any():
-                s, e = lo[keep], cut[keep]
-                shift = level_shift(level) - GRANULE_SHIFT
-                out0 = (s + delta[keep]).astype(U64) << U64(GRANULE_SHIFT)
-                plan[level] = dict(gs=s >> shift, ge=e >> shift, v0=out0 | attrs[keep] | U64(d.leaf_type(level)),
-                                   index=b.index[keep])
-            cut = np.minimum(cut, lo)
+        for level, (s, e, keep) in leaf_runs(b.in_page, b.in_page + b.npages, delta, levels).items():
+            shift = level_shift(level) - GRANULE_SHIFT
+            out0 = (s + delta[keep]).astype(U64) << U64(GRANULE_SHIFT)
+            plan[level] = dict(gs=s >> shift, ge=e >> shift, v0=out0 | attrs[keep] | U64(d.leaf_type(level)),
+                               index=b.index[keep])
         return plan
 
     # -- finding tables ----------------------------------------------------
@@ -565,11 +558,20 @@ class PageTable:
             is_table, is_leaf = self._kinds(level, desc)
             span_lo, span_hi = g << shift, (g + 1) << shift
             inside = (span_lo >= s_pg[owner[sub]]) & (span_hi <= e_pg[owner[sub]])
+            if self.xen_unmap:                 # the order rule: a leaf this size only if the end aligns
+                inside &= e_pg[owner[sub]] % level_pages(level) == 0
             # Two ranges may each cover part of one entry (never all of it): keep it once.
             once = np.concatenate(([True], g[1:] != g[:-1]))
             if not once.all():
                 g, flat, desc, inside = g[once], flat[once], desc[once], inside[once]
                 is_table, is_leaf = is_table[once], is_leaf[once]
+            if self.xen_unmap and (gone := is_table & inside).any():
+                # p2m_free_entry: the table entry goes, its subtree is freed
+                self._free_subtrees(level + 1, self.pool.page_of(desc[gone] & U64(d.OA_MASK_48)), op)
+                self.pool.flat[flat[gone]] = 0
+                self.pool.count(flat[gone], -1)
+                op.entries(flat[gone])
+                is_table = is_table & ~gone
             clear = is_leaf & inside
             if clear.any():
                 self.pool.flat[flat[clear]] = 0

@@ -157,3 +157,36 @@ def _walk(pool, fmt: Format, a, pa_out, desc_out, level_out, todo=None) -> None:
         nxt = ((desc & U64(d.OA_MASK_48)) - base) >> U64(GRANULE_SHIFT - ENTRIES_SHIFT)
         nxt += (aa >> U64(level_shift(level + 1))) & _SLOT
         flat = nxt.view(np.int64)
+
+
+def probe(pool, fmt: Format, a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the walk of each input address ends: (level, is a leaf, output address).
+
+    The level is the leaf's, or that of the invalid entry the walk stopped at; so a
+    table exists at level L for an address iff its walk ends below L.
+    """
+    n = len(a)
+    stop = np.full(n, fmt.start_level, np.int8)
+    leaf = np.zeros(n, bool)
+    pa = np.zeros(n, U64)
+    base = U64(pool.base)
+    live = np.arange(n)
+    flat = (a >> U64(level_shift(fmt.start_level))).view(np.int64)
+    for level in fmt.levels:
+        desc = pool.flat.take(flat)
+        kind = desc & _TYPE_MASK
+        stop[live] = level
+        is_leaf = kind == U64(d.leaf_type(level)) if level > 0 else np.zeros(len(desc), bool)
+        hit = live[is_leaf]
+        leaf[hit] = True
+        pa[hit] = (desc[is_leaf] & U64(d.oa_mask(level))) | (a[hit] & U64((1 << level_shift(level)) - 1))
+        if level == LAST_LEVEL:
+            break
+        down = kind == _TABLE
+        live, desc = live[down], desc[down]
+        if not len(live):
+            break
+        nxt = ((desc & U64(d.OA_MASK_48)) - base) >> U64(GRANULE_SHIFT - ENTRIES_SHIFT)
+        nxt += (a[live] >> U64(level_shift(level + 1))) & _SLOT
+        flat = nxt.view(np.int64)
+    return stop, leaf, pa

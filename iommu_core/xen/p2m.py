@@ -17,6 +17,7 @@ from ..pgtable import Extents, Format, PageTable
 from ..pgtable.extents import merge_runs
 from ..pgtable.format import GRANULE
 from . import intervals as iv
+from .p2m_stats import LeafEvents, XenStats, leaf_events, leaves_by_level
 from .p2m_types import (
     CODE,
     DMA_PERM_BY_CODE,
@@ -39,6 +40,7 @@ class Change:
     mapped: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]   # gfn, mfn, nr, type code
     unmapped: tuple[np.ndarray, np.ndarray]                          # gfn, nr
     stats: dict
+    leaves: LeafEvents | None = None     # what Xen's code does leaf by leaf (p2m_stats)
 
     @property
     def touched(self) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +70,8 @@ def translation_view(ext: Extents) -> Extents:
 
 class P2M:
     def __init__(self, fmt: Format | str = "p2m-s2-40", base: int = P2M_BASE):
-        self.pt = PageTable(fmt, base=base)
+        self.pt = PageTable(fmt, base=base, xen_unmap=True)
+        self.xen = XenStats()
         if self.pt.fmt.stage != 2:
             raise ValueError(f"a P2M needs a stage-2 format, got {self.pt.fmt.name} (stage {self.pt.fmt.stage})")
 
@@ -82,8 +85,13 @@ class P2M:
         nr = np.broadcast_to(np.asarray(nr, np.int64), gfn.shape).copy()
         mfn = np.broadcast_to(np.asarray(mfn, np.int64), gfn.shape).copy()
         code = codes(p2m_type, len(gfn))
+        if len(gfn) > 1 and not _disjoint(gfn, nr):
+            raise ValueError("the calls of one P2M batch must not overlap (their order would matter): "
+                             "make them one batch after another")
         valid = code != CODE["invalid"]
         before = self._mapped_ranges(gfn, nr)
+        events = leaf_events(self.pt, gfn, mfn, nr, ~valid)
+        self.xen.add(events)
         stats = {}                               # the engine's counters of both calls, summed
         if (~valid).any():
             stats = _stats_sum(stats, self.pt.unmap(gfn[~valid] * GRANULE, nr[~valid]))
@@ -97,7 +105,7 @@ class P2M:
         return Change(added=iv.subtract(written, before), modified=iv.intersect(written, before),
                       removed=iv.intersect(cleared, before),
                       mapped=(gfn[valid], mfn[valid], nr[valid], code[valid]),
-                      unmapped=(gfn[~valid], nr[~valid]), stats=stats)
+                      unmapped=(gfn[~valid], nr[~valid]), stats=stats, leaves=events)
 
     def _mapped_ranges(self, gfn: np.ndarray, nr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The parts of these GFN ranges that are mapped now."""
@@ -126,3 +134,16 @@ class P2M:
 
     def stats(self) -> dict:
         return self.pt.stats()
+
+    def xen_counters(self) -> dict[str, int]:
+        """Xen's own statistics (debug key q), and the valid leaves per level the table holds."""
+        leaves = leaves_by_level(self.pt)
+        out = self.xen.counters(leaves)
+        out.update({f"leaves_{name}": leaves[lvl] for lvl, name in ((1, "1g"), (2, "2m"), (3, "4k"))})
+        return out
+
+
+def _disjoint(gfn: np.ndarray, nr: np.ndarray) -> bool:
+    o = np.argsort(gfn, kind="stable")
+    return bool(np.all(gfn[o][1:] >= (gfn[o] + nr[o])[:-1]))
+
