@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import __version__
 from .pgtable import PRESETS, ExtentError, Format
+from .scenarios.files import P2M_FORMAT_CHOICES, resolve_p2m_format
 
 MIB = 1 << 20
 
@@ -158,7 +159,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
             all_records += records
             if len(policies) * len(apis) == 1:
                 print(f"{scenario.name} on {board.name}: policy {policy}, API {api}, IOMMU format "
-                      f"{args.format}, P2M {args.p2m_format}, seed {args.seed}")
+                      f"{args.format}, P2M {config.p2m_format}, seed {args.seed}")
                 _print_rows([_domain_row(r) for r in records], DOMAIN_COLUMNS)
             host_rows.append(_host_row(policy, api, records))
     if args.json:
@@ -257,6 +258,46 @@ def cmd_trace_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace_import(args: argparse.Namespace) -> int:
+    from .scenarios.devicetree import board_from_devicetree
+    from .scenarios.files import DATA
+    from .traceio import write_trace
+    from .xenlog import domain_specs, read_call_log, to_trace_rows
+
+    log = read_call_log(args.log)
+    board = board_from_devicetree(args.board or DATA / "qemu-virt.dtb", name=args.board_name)
+    specs = domain_specs(log)
+    settings = {"scenario": f"imported:{Path(args.log).name}", "dom0_mem": specs[0].ram_bytes, "seed": 0,
+                "arrival_spread_ns": 0.0, "policy": "", "api": "", "iommu_format": "",
+                "p2m_format": resolve_p2m_format("auto", board.pa_bits, "eager"), "fragmentation": 0.0}
+    rows = to_trace_rows(log)
+    path = write_trace(args.output, rows, board, specs, settings)
+    print(f"{path}: {len(log):,} calls of {len(specs)} domains ({', '.join(s.name for s in specs)}) "
+          f"from {args.log}, board {board.name}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .xenlog import read_call_log, read_counters, replay_counters
+
+    capture = Path(args.capture)
+    log = read_call_log(capture / "p2m_set_entry.csv.gz" if (capture / "p2m_set_entry.csv.gz").exists()
+                        else capture / "p2m_set_entry.csv")
+    dumps = replay_counters(log, read_counters(capture / "p2m_counters.csv"), args.p2m_format)
+    rows, differ = [], 0
+    for d in dumps:
+        for key in ("mappings_1g", "shattered_1g", "mappings_2m", "shattered_2m", "mappings_4k"):
+            model = d["model"][key] if d["model"] else None
+            differ += model != d[key]
+            rows.append({"seq": d["seq"], "domain": d["domid"], "moment": d["moment"], "counter": key,
+                         "xen": d[key], "model": model, "same": "yes" if model == d[key] else "NO"})
+    print(f"{capture}: {len(log):,} p2m_set_entry calls replayed one by one on {args.p2m_format}; "
+          f"Xen's q dumps against the model's counters")
+    _print_rows(rows)
+    print(f"{len(rows) - differ} of {len(rows)} counters the same")
+    return 1 if differ else 0
+
+
 def cmd_trace_replay(args: argparse.Namespace) -> int:
     from .traceio import read_trace
     from .xen.host import Host, HostConfig
@@ -267,7 +308,8 @@ def cmd_trace_replay(args: argparse.Namespace) -> int:
     steps = steps_from_rows(cols, len(specs))
     try:
         config = HostConfig(policy=args.policy, api=args.api, iommu_format=args.format,
-                            p2m_format=args.p2m_format, dom0_mem=settings["dom0_mem"], seed=settings["seed"],
+                            p2m_format=resolve_p2m_format(args.p2m_format, board.pa_bits, args.policy),
+                            dom0_mem=settings["dom0_mem"], seed=settings["seed"],
                             arrival_spread_ns=settings["arrival_spread_ns"], check=not args.no_check)
     except NotApplicable as e:
         print(f"{args.policy} / {args.api}: not applicable: {e}")
@@ -294,8 +336,9 @@ def _model_options(p: argparse.ArgumentParser, policy_default: str | None, allow
                    choices=API_CHOICES + extra, help="the IOMMU driver API" + (" (or all)" if allow_all else ""))
     p.add_argument("--format", default="ipmmu-s1-39", choices=["ipmmu-s1-32", "ipmmu-s1-39"],
                    help="the unshared IOMMU's table format (default ipmmu-s1-39)")
-    p.add_argument("--p2m-format", default="p2m-s2-40", choices=["p2m-s2-40", "p2m-s2-48"],
-                   help="the P2M's format (default p2m-s2-40, the size the IPMMU can share)")
+    p.add_argument("--p2m-format", default="auto", choices=list(P2M_FORMAT_CHOICES),
+                   help="the P2M's format (default auto: what Xen 4.17 builds for the scenario's CPU, capped at "
+                        "40 bits when the IPMMU shares it; p2m-s2-40 when the CPU is unknown)")
     if run_options:
         p.add_argument("--seed", type=int, default=0, help="seed of the schedule and the allocator (default 0)")
         p.add_argument("--fragmentation", type=float, default=0.0,
@@ -388,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--all", action="store_true", help="print unchanged figures too")
     c.set_defaults(func=cmd_compare)
 
-    t = sub.add_parser("trace", help="record a scenario's P2M operations, or replay a trace",
+    t = sub.add_parser("trace", help="record a scenario's P2M operations, import a real Xen's, or replay a trace",
                        description="Traces: the stream of a host's P2M operations (Parquet).")
     tsub = t.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
     rec = tsub.add_parser("record", help="run a scenario and write its P2M operations to a trace",
@@ -410,6 +453,30 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(rep, None, run_options=False)
     rec.set_defaults(func=cmd_trace_record)
     rep.set_defaults(func=cmd_trace_replay)
+    imp = tsub.add_parser("import", help="turn a real Xen's p2m_set_entry call log into a trace",
+                          description="Read a call log of a real Xen (CSV or CSV.gz, the columns of "
+                                      "shared/xen-real/p2m_set_entry.csv.gz: seq, domid, gfn, nr, mfn, type, "
+                                      "type_name, access, caller, hypercall, phase, rc) and write a trace that "
+                                      "`trace replay` runs under any policy and API. Each call stays one P2M "
+                                      "update with its domid, type, caller and hypercall; a domain's calls of "
+                                      "one phase make one step. A bad row is refused with its number and why.")
+    imp.add_argument("log", help="the call log (.csv or .csv.gz)")
+    imp.add_argument("-o", "--output", required=True, help="the trace file to write (.parquet)")
+    imp.add_argument("--board", help="the board's device tree (.dts / .dtb; default: the QEMU virt machine "
+                                     "of the capture)")
+    imp.add_argument("--board-name", help="the board's name (default: the file's stem)")
+    imp.set_defaults(func=cmd_trace_import)
+
+    v = sub.add_parser("validate", help="replay a real Xen's call log and compare Xen's own counters",
+                       description="Replay a capture's p2m_set_entry calls one by one (p2m_set_entry.csv[.gz]) "
+                                   "and print, at every debug-key-q dump of its p2m_counters.csv, Xen's "
+                                   "mappings and shattered counts beside the model's. Exit status 1 when "
+                                   "any differs.")
+    v.add_argument("capture", nargs="?", default="../shared/xen-real",
+                   help="the capture folder (default ../shared/xen-real)")
+    v.add_argument("--p2m-format", default="p2m-s2-44", choices=list(P2M_FORMAT_CHOICES[1:]),
+                   help="the P2M Xen built (default p2m-s2-44: the capture's 44-bit IPA, 4 levels)")
+    v.set_defaults(func=cmd_validate)
 
     i = sub.add_parser(
         "image", help="list the mappings of an exported table image",

@@ -21,7 +21,8 @@ from .xen.board import Board, DmaMaster, MmioRegion
 from .xen.domain import DomainSpec
 from .xen.trace import COLUMNS, OPS, VALID_TYPES
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+READABLE_VERSIONS = ("1", "2")          # version 1 lacks seq, caller and hypercall
 
 
 def _field(name, typ, doc):
@@ -41,6 +42,9 @@ TRACE_SCHEMA = pa.schema([
     _field("count", pa.int64(), "update: number of 4 KiB pages"),
     _field("type", pa.string(), "update: the Xen P2M type (invalid removes)"),
     _field("device", pa.string(), "assign / deassign: the board device"),
+    _field("seq", pa.int64(), "update imported from a real Xen: the call's place in its log; else -1"),
+    _field("caller", pa.string(), "update imported from a real Xen: the function that called p2m_set_entry"),
+    _field("hypercall", pa.string(), "update imported from a real Xen: the hypercall it served, if known"),
 ], metadata={"schema_version": SCHEMA_VERSION})
 assert tuple(TRACE_SCHEMA.names) == COLUMNS
 
@@ -58,7 +62,9 @@ def board_from_dict(d: dict) -> Board:
                     for m in d["masters"])
     return Board(name=d["name"], ram_banks=tuple(tuple(b) for b in d["ram_banks"]), masters=masters,
                  other_mmio=tuple(MmioRegion(**r) for r in d["other_mmio"]),
-                 ipmmu_contexts=d["ipmmu_contexts"], reserved_contexts=d["reserved_contexts"], ipmmus=d["ipmmus"])
+                 ipmmu_contexts=d["ipmmu_contexts"], reserved_contexts=d["reserved_contexts"], ipmmus=d["ipmmus"],
+                 dom0_mmio=tuple(tuple(c) for c in d.get("dom0_mmio", ())), pa_bits=d.get("pa_bits"),
+                 boot_reserved=tuple(tuple(r) for r in d.get("boot_reserved", ())))
 
 
 def write_trace(path, rows: list[tuple], board: Board, specs: list[DomainSpec], host: dict) -> Path:
@@ -88,8 +94,14 @@ def read_trace(path) -> tuple[dict, Board, list[DomainSpec], dict]:
         raise TraceError(f"{path}: not a readable Parquet trace: {e}") from None
     meta = table.schema.metadata or {}
     version = meta.get(b"schema_version", b"").decode()
-    if version != SCHEMA_VERSION:
-        raise TraceError(f"{path}: unknown trace schema version {version!r}; this reader knows {SCHEMA_VERSION!r}")
+    if version not in READABLE_VERSIONS:
+        raise TraceError(f"{path}: unknown trace schema version {version!r}; this reader knows "
+                         f"{', '.join(READABLE_VERSIONS)}")
+    if version == "1":
+        n = table.num_rows
+        table = table.append_column("seq", pa.array([-1] * n, pa.int64()))
+        table = table.append_column("caller", pa.array([""] * n, pa.string()))
+        table = table.append_column("hypercall", pa.array([""] * n, pa.string()))
     for field in TRACE_SCHEMA:
         if field.name not in table.column_names:
             raise TraceError(f"{path}: missing column {field.name!r}")
@@ -104,7 +116,7 @@ def read_trace(path) -> tuple[dict, Board, list[DomainSpec], dict]:
     except (KeyError, ValueError, TypeError) as e:
         raise TraceError(f"{path}: bad or missing metadata (board, domains, host): {e}") from None
     cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in COLUMNS}
-    for name in ("label", "op", "type", "device"):
+    for name in ("label", "op", "type", "device", "caller", "hypercall"):
         cols[name] = cols[name].tolist()
     _validate(path, cols, board, len(specs))
     return cols, board, specs, host

@@ -160,4 +160,9 @@ PRESETS: dict[str, Format] = {
     # Xen's P2M: 40-bit IPA (2 concatenated level-1 roots), the size the IPMMU can share.
     "p2m-s2-40": Format("p2m-s2-40", 2, 40, 40),
     "p2m-s2-48": Format("p2m-s2-48", 2, 48, 48),
+    # The other sizes Xen 4.17 chooses from the CPU's PA range (xen/geometry.py).
+    "p2m-s2-32": Format("p2m-s2-32", 2, 32, 32),
+    "p2m-s2-36": Format("p2m-s2-36", 2, 36, 36),
+    "p2m-s2-42": Format("p2m-s2-42", 2, 42, 42),
+    "p2m-s2-44": Format("p2m-s2-44", 2, 44, 44),
 }

@@ -13,6 +13,9 @@ Format (every table and key below; anything else is an error)::
     board = "h3"                 # required: a built-in board (h3, m3w, server), or a device
                                  # tree (.dts / .dtb) path, relative to this file
     dom0_mem_mib = 1024          # default 1024
+    pa_bits = 44                 # default: the board's CPU (a device tree's cpu compatible),
+                                 # else none; the P2M's geometry then follows Xen 4.17's
+                                 # choice for that PA size (p2m format "auto")
     arrival_spread_ms = 1.0      # default 1.0: domUs start at seeded times in [0, this)
 
     [board_options]              # optional: keyword arguments of the board profile
@@ -88,13 +91,18 @@ from ..pgtable.format import GRANULE
 from ..xen.board import BOARDS, Board, checked_int
 from ..xen.board import board as make_board
 from ..xen.domain import MAGIC_PAGES, DomainSpec
+from ..xen.geometry import p2m_format_for
 from ..xen.host import HostConfig
+from ..xen.iommu import SHARED_MAX_IPA_BITS
 
 MIB = 1 << 20
 DATA = Path(__file__).parent / "data"
 KINDS = ("driver", "guest", "infotainment", "small", "large")
 
-SCENARIO_KEYS = {"name", "description", "board", "dom0_mem_mib", "arrival_spread_ms"}
+SCENARIO_KEYS = {"name", "description", "board", "dom0_mem_mib", "arrival_spread_ms", "pa_bits"}
+# P2M formats a run can ask for; "auto" is the one Xen 4.17 builds on the scenario's CPU.
+P2M_FORMAT_CHOICES = ("auto", "p2m-s2-32", "p2m-s2-36", "p2m-s2-40", "p2m-s2-42", "p2m-s2-44", "p2m-s2-48")
+DEFAULT_P2M_FORMAT = "p2m-s2-40"          # when nothing says the CPU's PA size
 DOMAIN_KEYS = {"name", "kind", "ram_mib", "passthrough", "devices", "hotplug", "unplug", "grant_pages",
                "balloon_mib", "destroy", "count"}
 MIX_KEYS = {"name", "count", "kind", "ram_mib", "grant_pages", "device_share", "hotplug_share",
@@ -114,10 +122,24 @@ class Scenario:
     specs: tuple[DomainSpec, ...]        # dom0 first
     dom0_mem: int                        # bytes
     arrival_spread_ns: float
+    pa_bits: int | None = None           # the CPU's PA size (None: unknown)
 
     def host_config(self, **overrides) -> HostConfig:
         """A HostConfig with this scenario's dom0 memory and arrival spread (and `overrides`)."""
+        overrides["p2m_format"] = resolve_p2m_format(overrides.get("p2m_format", "auto"), self.pa_bits,
+                                                     overrides.get("policy", "eager"))
         return HostConfig(dom0_mem=self.dom0_mem, arrival_spread_ns=self.arrival_spread_ns, **overrides)
+
+
+def resolve_p2m_format(requested: str, pa_bits: int | None, policy: str) -> str:
+    """A P2M format by name, or for "auto" the one Xen 4.17 builds: from the CPU's PA size,
+    capped at 40 bits when the IPMMU shares the P2M (p2m_restrict_ipa_bits); p2m-s2-40 when
+    the PA size is unknown."""
+    if requested != "auto":
+        return requested
+    if pa_bits is None:
+        return DEFAULT_P2M_FORMAT
+    return p2m_format_for(pa_bits, SHARED_MAX_IPA_BITS if policy == "shared" else None)
 
 
 def shipped() -> dict[str, Path]:
@@ -241,6 +263,9 @@ class _Reader:
         dom0_mib = self.int_(sc, "dom0_mem_mib", "scenario.dom0_mem_mib", default=1024, minimum=1)
         spread_ms = self.num(sc, "arrival_spread_ms", "scenario.arrival_spread_ms", default=1.0)
         b = self.tree(board_name) if tree else self.board(board_name, data.get("board_options", {}))
+        pa_bits = self.int_(sc, "pa_bits", "scenario.pa_bits", default=b.pa_bits or 0, minimum=0) or None
+        if pa_bits is not None and pa_bits < 32:
+            raise self.fail("scenario.pa_bits", "must be at least 32 (Xen 4.17 knows 32 to 48)", pa_bits)
 
         specs = [DomainSpec("dom0", "dom0", dom0_mib * MIB, passthrough=True)]
         where = ["scenario"]                             # the table each spec comes from
@@ -278,7 +303,7 @@ class _Reader:
             seen[s.name] = w.removesuffix(".name")
         self.fits(b, specs)
         return Scenario(name=name, description=description, board=b, specs=tuple(specs),
-                        dom0_mem=dom0_mib * MIB, arrival_spread_ns=spread_ms * 1e6)
+                        dom0_mem=dom0_mib * MIB, arrival_spread_ns=spread_ms * 1e6, pa_bits=pa_bits)
 
     def tree(self, name: str) -> Board:
         """A board read from a device tree, its path relative to the scenario file."""

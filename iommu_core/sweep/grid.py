@@ -115,12 +115,12 @@ def _axes(table: dict, where: str, path: Path, fail, defaults: bool = True) -> d
                 raise fail(f"{where}.{key}", f"unknown value {v!r}; choose from {list(allowed)}", value)
         return value
 
-    from ..scenarios.files import ScenarioError, load_scenario
+    from ..scenarios.files import P2M_FORMAT_CHOICES, ScenarioError, load_scenario
     axes = {}
     for key, allowed, default, kind in (
             ("scenarios", None, None, str), ("policies", POLICIES, list(POLICIES), str),
             ("apis", APIS, list(APIS), str), ("formats", ("ipmmu-s1-32", "ipmmu-s1-39"), ["ipmmu-s1-39"], str),
-            ("p2m_formats", ("p2m-s2-40", "p2m-s2-48"), ["p2m-s2-40"], str), ("seeds", None, [0], int)):
+            ("p2m_formats", P2M_FORMAT_CHOICES, ["p2m-s2-40"], str), ("seeds", None, [0], int)):
         if defaults or key in table:
             axes[key] = names(key, allowed, default, kind)
     if "scenarios" in axes:                 # a file name is relative to the sweep file

@@ -107,6 +107,13 @@ class Board:
     ipmmu_contexts: int = 8                         # per main IPMMU (Gen3: 8)
     reserved_contexts: int = 1                      # context 0 reserved
     ipmmus: int = 1                                 # main IPMMUs (contexts are per main IPMMU)
+    # What Xen's domain builder maps for dom0, one p2m call each, in order: (first frame,
+    # pages) per device-tree reg or PCI range (xen_dom0.dom0_mmio_calls); empty: every
+    # region of the board above, one batch.
+    dom0_mmio: tuple[tuple[int, int], ...] = ()
+    pa_bits: int | None = None                      # the CPU's physical address size, if known
+    # RAM Xen holds when it builds dom0 (its image, boot modules, its heap), (base, size).
+    boot_reserved: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -151,6 +158,14 @@ class Board:
         object.__setattr__(self, "ipmmu_contexts", ctx)
         object.__setattr__(self, "reserved_contexts", res)
         object.__setattr__(self, "ipmmus", n)
+        object.__setattr__(self, "dom0_mmio", tuple(
+            (checked_int(f"board {self.name}: dom0 MMIO frame", g, 0),
+             checked_int(f"board {self.name}: dom0 MMIO pages", c, 1)) for g, c in self.dom0_mmio))
+        object.__setattr__(self, "boot_reserved", tuple(
+            (checked_int(f"board {self.name}: reserved base", b, 0),
+             checked_int(f"board {self.name}: reserved size", z, 1)) for b, z in self.boot_reserved))
+        if self.pa_bits is not None:
+            object.__setattr__(self, "pa_bits", checked_int(f"board {self.name}: pa_bits", self.pa_bits, 32))
         for m in masters:
             if m.main_ipmmu >= n:
                 raise ValueError(f"board {self.name}: master {m.name!r} is behind main IPMMU {m.main_ipmmu}, "

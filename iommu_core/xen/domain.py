@@ -195,6 +195,16 @@ class Domain:
         self.counts.p2m_pages_mapped += npages
         return self.update(gfn, mfn, nr, "ram_rw")
 
+    def map_calls(self, calls) -> tuple[float, int]:
+        """p2m_set_entry calls one after another: (gfn, mfn, nr, type) each."""
+        ns, inv = 0.0, 0
+        for gfn, mfn, nr, p2m_type in calls:
+            if p2m_type != "invalid":
+                self.counts.p2m_pages_mapped += nr
+            a, b = self.update(np.array([gfn]), np.array([mfn]), np.array([nr]), p2m_type)
+            ns, inv = ns + a, inv + b
+        return ns, inv
+
     def map_direct(self, gfn: np.ndarray, nr: np.ndarray, p2m_type: str) -> tuple[float, int]:
         """Map GFN == MFN (dom0's RAM, and MMIO of every domain)."""
         self.counts.p2m_pages_mapped += int(np.sum(nr))

@@ -23,6 +23,7 @@ from ..pgtable.format import GRANULE
 from .costs import CostModel
 from .domain import DOM0_FOREIGN_GFN, POLICIES, Domain, DomainSpec
 from .iommu import APIS, SHARED_MAX_IPA_BITS, Contexts, NotApplicable
+from .dom0 import DOM0_SHARED_INFO_PAGE, XEN_IMAGE_OFFSET, allocate_memory_11
 from .memory import MachineMemory
 from .p2m_types import DMA_PERM_BY_CODE
 
@@ -91,33 +92,56 @@ class Host:
 
     def _dom0_plan(self, dom0: Domain, passed_through: set[str]):
         steps = [("create", dom0.create)]
-        left, banks = dom0.spec.ram_bytes // GRANULE, []
-        for base, size in self.board.ram_banks:
-            n = min(left, size // GRANULE)
-            if n:
-                banks.append((base // GRANULE, n))
-            left -= n
-        if left:
-            raise ValueError(f"dom0_mem {dom0.spec.ram_bytes} is more than the board's RAM")
-        mfn = np.array([b for b, _ in banks], np.int64)
-        cnt = np.array([n for _, n in banks], np.int64)
+        # Xen's allocate_memory_11 places the RAM; each block is one 1:1 p2m call.
+        try:
+            blocks = allocate_memory_11(self.board.ram_banks, self.board.boot_reserved, dom0.spec.ram_bytes)
+        except ValueError as e:
+            raise ValueError(f"board {self.board.name}: {e}") from None
+        mfn = np.array([b for b, _ in blocks], np.int64)
+        cnt = np.array([n for _, n in blocks], np.int64)
         self.memory.alloc_at(mfn, cnt, dom0.domid)
         dom0.ram = (mfn.copy(), mfn.copy(), cnt.copy())
         dom0.ram_pages = int(cnt.sum())
-        for s, n in zip(mfn.tolist(), cnt.tolist()):
+        for s, n in blocks:
             for k in range(0, n, STEP_BATCH_PAGES):
                 m = min(STEP_BATCH_PAGES, n - k)
                 steps.append(("populate", lambda g=s + k, m=m: dom0.map_direct(np.array([g]), np.array([m]), "ram_rw")))
         own = [m.name for m in self.board.masters if m.name not in passed_through]
-        regions = [r for m in self.board.masters if m.name not in passed_through for r in m.regions]
-        regions += list(self.board.other_mmio)
-        g = np.array([r.base // GRANULE for r in regions], np.int64)
-        n = np.array([-(-r.size // GRANULE) for r in regions], np.int64)
-        order = np.argsort(g)
-        steps.append(("mmio", lambda: dom0.map_direct(g[order], n[order], "mmio_direct_dev")))
+        if self.board.dom0_mmio:
+            # handle_device: one map_regions_p2mt call per device-tree range, in tree order, as
+            # mmio_direct_c (domain_build.c @ RELEASE-4.17.0: handle_node's p2mt for dom0).
+            held = [r for m in self.board.masters if m.name in passed_through for r in m.regions]
+            calls = [(g, n) for g, n in self.board.dom0_mmio
+                     if not any(r.mfn < g + n and g < r.mfn + r.pages for r in held)]
+            steps.append(("mmio", lambda: dom0.map_calls([(g, g, n, "mmio_direct_c") for g, n in calls])))
+        else:
+            regions = [r for m in self.board.masters if m.name not in passed_through for r in m.regions]
+            regions += list(self.board.other_mmio)
+            g = np.array([r.base // GRANULE for r in regions], np.int64)
+            n = np.array([-(-r.size // GRANULE) for r in regions], np.int64)
+            order = np.argsort(g)
+            steps.append(("mmio", lambda: dom0.map_direct(g[order], n[order], "mmio_direct_c")))
         for name in own:
             steps.append(("assign", lambda name=name: self._assign(dom0, name)))
+        steps.append(("booted", None))
+        steps.append(("xen-pages", lambda: self._dom0_own_pages(dom0)))
         return steps
+
+    def _dom0_own_pages(self, dom0: Domain):
+        """dom0's Linux maps shared_info over a page of its RAM and its grant frame into Xen's image.
+
+        Both are XENMEM_add_to_physmap calls of the guest (xenmem_add_to_physmap_one). shared_info
+        goes where Linux's page allocator put the page it gave up: design assumption, the
+        capture's place (DOM0_SHARED_INFO_PAGE pages into dom0's first bank). The grant table
+        goes at Xen's own text (find_gnttab_region, domain_build.c @ RELEASE-4.17.0), which
+        dom0's layout never uses.
+        """
+        mfn, cnt = self.memory.alloc(2, dom0.domid) if self.memory is not None else (np.zeros(0, np.int64),) * 2
+        frames = np.concatenate([m + np.arange(c) for m, c in zip(mfn, cnt)]) if len(mfn) else np.zeros(2, np.int64)
+        dom0.xen_pages = (mfn, cnt)
+        gnttab = (self.board.ram_banks[0][0] + XEN_IMAGE_OFFSET) // GRANULE
+        shared_info = int(dom0.ram[0][0]) + min(DOM0_SHARED_INFO_PAGE, int(dom0.ram[2][0]) - 1)
+        return dom0.map_calls([(shared_info, int(frames[0]), 1, "ram_rw"), (gnttab, int(frames[1]), 1, "ram_rw")])
 
     def _domu_plan(self, d: Domain, dom0: Domain, foreign_cursor: list):
         spec = d.spec

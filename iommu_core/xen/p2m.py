@@ -15,7 +15,7 @@ import numpy as np
 
 from ..pgtable import Extents, Format, PageTable
 from ..pgtable.extents import merge_runs
-from ..pgtable.format import GRANULE
+from ..pgtable.format import ENTRIES_SHIFT, GRANULE, LAST_LEVEL
 from . import intervals as iv
 from .p2m_stats import LeafEvents, XenStats, leaf_events, leaves_by_level
 from .p2m_types import (
@@ -89,17 +89,24 @@ class P2M:
             raise ValueError("the calls of one P2M batch must not overlap (their order would matter): "
                              "make them one batch after another")
         valid = code != CODE["invalid"]
-        before = self._mapped_ranges(gfn, nr)
         events = leaf_events(self.pt, gfn, mfn, nr, ~valid)
+        before = self._mapped_before(events)
         self.xen.add(events)
         stats = {}                               # the engine's counters of both calls, summed
+        one = len(gfn) == 1                      # plain ints let the engine take its single-call path
         if (~valid).any():
-            stats = _stats_sum(stats, self.pt.unmap(gfn[~valid] * GRANULE, nr[~valid]))
+            stats = _stats_sum(stats, self.pt.unmap(*(_ints(gfn * GRANULE, nr) if one else
+                                                      (gfn[~valid] * GRANULE, nr[~valid]))))
         if valid.any():
             c = code[valid]
-            stats = _stats_sum(stats, self.pt.map(gfn[valid] * GRANULE, mfn[valid] * GRANULE, nr[valid],
-                                                  perm=PERM_NAME_BY_CODE[c], memtype=MEMTYPE_NAME_BY_CODE[c],
-                                                  sw=c, remap=True))
+            perm, memtype = PERM_NAME_BY_CODE[c], MEMTYPE_NAME_BY_CODE[c]
+            args = _ints(gfn * GRANULE, mfn * GRANULE, nr, c) if one else \
+                (gfn[valid] * GRANULE, mfn[valid] * GRANULE, nr[valid], c)
+            if one:
+                perm, memtype = str(perm[0]), str(memtype[0])
+            # Over empty slots only, the engine need not look for live entries to replace.
+            stats = _stats_sum(stats, self.pt.map(*args[:3], perm=perm, memtype=memtype, sw=args[3],
+                                                  remap=bool(events.old_valid.any())))
         written = iv.normalize(gfn[valid], nr[valid])
         cleared = iv.normalize(gfn[~valid], nr[~valid])
         return Change(added=iv.subtract(written, before), modified=iv.intersect(written, before),
@@ -107,13 +114,17 @@ class P2M:
                       mapped=(gfn[valid], mfn[valid], nr[valid], code[valid]),
                       unmapped=(gfn[~valid], nr[~valid]), stats=stats, leaves=events)
 
-    def _mapped_ranges(self, gfn: np.ndarray, nr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The parts of these GFN ranges that are mapped now."""
-        s, e = iv.normalize(gfn, nr)
-        if not len(s):
-            return s, e
-        ext = self.pt.mappings(s * GRANULE, e - s)
-        return iv.normalize(ext.iova.astype(np.int64) // GRANULE, ext.npages)
+    def _mapped_before(self, ev: LeafEvents) -> tuple[np.ndarray, np.ndarray]:
+        """The pages of the batch's leaves that are mapped now: a valid slot maps its whole
+        leaf; under a table, the table is decoded."""
+        size = np.left_shift(1, (LAST_LEVEL - ev.level.astype(np.int64)) * ENTRIES_SHIFT)
+        whole = ev.old_valid & ~ev.old_table
+        s, e = iv.normalize(ev.page[whole], size[whole])
+        if ev.old_table.any():
+            ext = self.pt.mappings(ev.page[ev.old_table] * GRANULE, size[ev.old_table])
+            s, e = iv.normalize(np.concatenate((s, ext.iova.astype(np.int64) // GRANULE)),
+                                np.concatenate((e - s, ext.npages)))
+        return s, e
 
     def entries(self, gfn=None, nr=None) -> Extents:
         """The P2M decoded (optionally within GFN ranges): sw holds the type code."""
@@ -141,6 +152,11 @@ class P2M:
         out = self.xen.counters(leaves)
         out.update({f"leaves_{name}": leaves[lvl] for lvl, name in ((1, "1g"), (2, "2m"), (3, "4k"))})
         return out
+
+
+def _ints(*arrays):
+    """The single element of each array, as a plain int."""
+    return tuple(int(a[0]) for a in arrays)
 
 
 def _disjoint(gfn: np.ndarray, nr: np.ndarray) -> bool:

@@ -17,7 +17,8 @@ import numpy as np
 
 from .p2m_types import TYPES
 
-COLUMNS = ("time_ns", "domid", "step", "label", "call", "op", "target", "gfn", "mfn", "count", "type", "device")
+COLUMNS = ("time_ns", "domid", "step", "label", "call", "op", "target", "gfn", "mfn", "count", "type", "device",
+           "seq", "caller", "hypercall")
 OPS = ("step", "create", "update", "assign", "deassign", "teardown")
 
 
@@ -35,7 +36,8 @@ class Recorder:
 
     def _add(self, op, target, gfn, mfn, count, p2m_type, device) -> None:
         domid, step, label, t = self._step
-        self.rows.append((t, domid, step, label, self._call, op, target, gfn, mfn, count, p2m_type, device))
+        self.rows.append((t, domid, step, label, self._call, op, target, gfn, mfn, count, p2m_type, device,
+                          -1, "", ""))
 
     def action(self, op: str, device: str = "") -> None:
         if not self._muted:
