@@ -194,9 +194,8 @@ def elf_sections(data: bytes):
     return out
 
 
-def elf_needed(path: Path) -> list[str]:
-    """DT_NEEDED sonames of an ELF file ([] for static or non-ELF files)."""
-    data = path.read_bytes()
+def elf_needed(data: bytes) -> list[str]:
+    """DT_NEEDED sonames of an ELF file's bytes ([] for static or non-ELF files)."""
     if data[:4] != b"\x7fELF" or data[4] != 2:
         return []
     secs = elf_sections(data)
@@ -341,9 +340,7 @@ class Tree:
         for path, (mode, data, _r) in self.items.items():
             if not stat.S_ISREG(mode) or data[:4] != b"\x7fELF" or path.endswith(".ko"):
                 continue
-            tmp = CACHE / "needed.tmp"
-            tmp.write_bytes(data)
-            for so in elf_needed(tmp):
+            for so in elf_needed(data):
                 if not any(f"{d}/{so}" in self.items for d in libdirs):
                     missing.add(f"{so} (needed by /{path})")
         if missing:
@@ -467,8 +464,6 @@ def boot(files: dict[str, Path], out: Path, timeout: int, hold: int) -> float:
     proc.wait()
     timer.cancel()
     elapsed = time.monotonic() - t0
-    if not timer.finished.is_set() or not done:
-        pass
     if not done:
         raise SystemExit(f"xen-capture: the guest did not finish (QEMU rc {proc.returncode} "
                          f"after {elapsed:.0f} s, limit {timeout} s); see {out / 'console.txt'}")
@@ -623,7 +618,7 @@ def parse_counters(console: Path, events) -> list[list]:
     for line in console.read_text(errors="replace").splitlines():
         m = re.search(r"XCAP: dump (.+)$", line)
         if m:
-            moment = None if m.group(1) == "dump-end" else m.group(1).strip()
+            moment = m.group(1).strip()
             continue
         if "XCAP: dump-end" in line:
             moment = None
