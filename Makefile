@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench setup clean
+.PHONY: run test bench setup clean xen-capture
 
 setup: $(STAMP)
 
@@ -31,6 +31,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/asv machine --yes >/dev/null
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/asv run --python=same --set-commit-hash $$(git rev-parse HEAD)
+
+# Live capture of a real Xen's P2M under QEMU (see capture/README.md): writes
+# results/xen-capture/<timestamp>/ (CAPTURE_OUT=DIR to choose). Standard
+# library only, so no venv needed; apt-get (root) on the first run.
+xen-capture:
+	$(PYTHON) capture/xen_capture.py
 
 clean:
 	rm -rf $(VENV) .asv build *.egg-info
