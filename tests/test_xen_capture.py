@@ -103,3 +103,10 @@ def test_counters_have_every_dump_and_dom0_boot_is_exact(capture):
     assert all(r["seq"] for r in rows)
     booted = rows[0]
     assert {k: int(booted[k]) for k in DOM0_BOOTED} == DOM0_BOOTED
+
+
+def test_validate_agrees_with_the_live_capture(capture, capsys):
+    # The model replays the live run's own calls: every q dump it made must come out the same.
+    from iommu_core.cli import main
+    assert main(["validate", str(capture)]) == 0
+    assert " counters the same" in capsys.readouterr().out
