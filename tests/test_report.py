@@ -1,7 +1,7 @@
 """The report and compare: every printed figure is recomputed here, independently, from the dataset.
 
-The run is made without Ray (run_cells + write_part, what each Ray task and the
-driver do), so these tests are quick and do not depend on a cluster.
+The run is made without Ray (tests/runs.py), so these tests are quick and do
+not depend on a cluster.
 """
 
 import json
@@ -20,9 +20,8 @@ from iommu_core.cli import main
 from iommu_core.report.compare import compare
 from iommu_core.report.figures import ReportError
 from iommu_core.report.page import build
-from iommu_core.results import MANIFEST_NAME, read_results, write_part
-from iommu_core.sweep.grid import load_sweep
-from iommu_core.sweep.runner import run_cells
+from iommu_core.results import read_results
+from runs import make_run
 
 SMALL = """
 [sweep]
@@ -41,20 +40,6 @@ formats = ["ipmmu-s1-32"]
 scenarios = ["small-h3"]
 seeds = [0]
 """
-
-
-def make_run(where: Path, text: str, run_id: str, change=None) -> Path:
-    (where / f"{run_id}.toml").write_text(text)
-    sweep = load_sweep(where / f"{run_id}.toml")
-    rows = run_cells(list(sweep.cells), sweep.costs, run_id)
-    if change:
-        rows = [change(dict(r)) for r in rows]
-    run_dir = where / "runs" / run_id
-    run_dir.mkdir(parents=True)
-    write_part(run_dir, rows, "part-0", {"run_id": run_id, "sweep": sweep.name})
-    (run_dir / MANIFEST_NAME).write_text(json.dumps({"run_id": run_id, "sweep": sweep.name, "start": run_id,
-                                                  "wall_s": 10.0, "ray_start_s": 1.0, "workers": 1}))
-    return run_dir
 
 
 @pytest.fixture(scope="module")

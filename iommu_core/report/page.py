@@ -11,7 +11,7 @@ import json
 import statistics
 from pathlib import Path
 
-from ..results import MANIFEST_NAME, read_results, run_directory
+from ..results import read_manifest, read_results, run_directory
 from . import plots
 from .figures import HOST_KEYS, ReportError, by_host_key, domains_with_devices, first_costs, hosts, workers
 from .findings import findings
@@ -87,7 +87,7 @@ def build(results, run: str | None = None, out: Path | None = None) -> dict:
     """Write the report of a run; returns its folder, files, headline rows and findings."""
     run_dir = run_directory(results, run)
     table = read_results(run_dir)
-    manifest = json.loads((run_dir / MANIFEST_NAME).read_text()) if (run_dir / MANIFEST_NAME).exists() else {}
+    manifest = read_manifest(run_dir)
     host_rows = hosts(table)
     costs = first_costs(host_rows)
     everything = by_host_key(host_rows, ALL_FIGURES)
