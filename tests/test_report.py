@@ -5,14 +5,18 @@ not depend on a cluster.
 """
 
 import base64
+import html
 import json
 import math
 import re
+import shutil
 import struct
+import subprocess
 import zlib
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -352,3 +356,166 @@ def test_a_run_without_successful_cells_is_refused(tmp_path):
     run_dir = make_run(tmp_path, text, "na")
     with pytest.raises(ReportError, match="no successful cells"):
         build(run_dir.parent, "na")
+
+
+# -- the verdict --------------------------------------------------------------------------------------
+def verdict_items(md: str) -> list[str]:
+    return re.search(r"## The answer\n\n((?:- .*\n)+)", md).group(1).splitlines()
+
+
+def test_the_report_opens_with_a_verdict_of_at_most_six_sentences_before_any_table(report):
+    md = (report["dir"] / "report.md").read_text()
+    items = verdict_items(md)
+    assert 4 <= len(items) <= 6
+    for item in items:              # one sentence each: no full stop followed by a new sentence inside
+        assert item.endswith(".") and not re.search(r"[a-z0-9)`]\. [A-Z`]", item[:-1]), item
+    assert md.index("## The answer") < md.index("\n| ") and md.index("## The answer") < md.index("![")
+    assert md.splitlines()[0].startswith("# iommu-bench report") and md.splitlines()[2] == "## The answer"
+
+
+def test_the_verdict_picks_the_unshared_policy_the_numbers_favour_and_quotes_them(report, run):
+    groups = over_seeds(per_cell(read_results(run).to_pylist()), "default")
+    main_format = "ipmmu-s1-39"                         # the format both scenarios of the run have
+    wins, comparisons = defaultdict(int), 0
+    for scenario in sorted({k[0] for k in groups if k[1] == main_format}):
+        for key, spec in (("iommu_mib", ".2f"), ("boot_ms", ".3f"), ("assign_ms", ".3f")):
+            best = {}
+            for (scen, fmt, _, policy, api), g in groups.items():
+                if (scen, fmt) == (scenario, main_format) and policy != "shared":
+                    best[policy] = min(best.get(policy, math.inf), mean(c[key] for c in g))
+            comparisons += 1
+            for policy, v in best.items():
+                wins[policy] += format(v, spec) == format(min(best.values()), spec)
+    pick = max(sorted(wins, key=["eager", "lazy", "declared"].index), key=wins.get)
+    items = verdict_items((report["dir"] / "report.md").read_text())
+    assert f"**pick `{pick}`**" in items[0] and f"{wins[pick]} of {comparisons} comparisons" in items[0]
+    m = re.search(r"with the `([\w-]+)` API on ([\w-]+) \(([\w-]+)\), it needs ([\d.]+) MiB of IOMMU table per host "
+                  r"\(([\d.e-]+) % of guest RAM.*boots a domain in ([\d.]+) ms on average.*assigns a device in ([\d.]+) "
+                  r"ms at the slowest.*issues ([\d,]+) IOTLB invalidations", items[1])
+    api, scenario, fmt = m.group(1), m.group(2), m.group(3)
+    g = groups[(scenario, fmt, "default", pick, api)]
+    assert m.group(4) == f"{mean(c['iommu_mib'] for c in g):.2f}"
+    assert float(m.group(5)) == pytest.approx(mean(c["pct"] for c in g), rel=0.05)
+    assert m.group(6) == f"{mean(c['boot_ms'] for c in g):.3f}"
+    assert m.group(7) == f"{mean(c['assign_ms'] for c in g):.3f}"
+    assert m.group(8) == f"{mean(c['invalidations'] for c in g):,.0f}"
+    for other in ("eager", "lazy", "declared"):
+        if other != pick:
+            og = groups[(scenario, fmt, "default", other, api)]
+            assert f"`{other}` {mean(c['boot_ms'] for c in og):.3f}" in items[1]
+    hardware = next(i for i in items if i.startswith("- The hardware caps the choice"))
+    assert "h3-fleet's guests get" in hardware and "IPMMU context" in hardware
+    assert re.search(r"the 32-bit IPA size of ipmmu-s1-32 leaves [\d,]+ MiB of small-h3 unreachable", hardware)
+    last = items[-1]
+    assert all(s in last for s in ("`batched` and `blocks` APIs and `lazy` on Arm are design assumptions",
+                                   "`eager` with the per-page API (the downstream xen-troops IPMMU driver)",
+                                   "`shared` (upstream Xen)"))
+
+
+def test_the_verdict_follows_the_numbers_when_they_change(run):
+    from iommu_core.report.figures import hosts
+    from iommu_core.report.verdict import verdict
+
+    rows = hosts(read_results(run))
+    for h in rows:                                  # make eager the cheapest unshared policy on every figure
+        if h["policy"] == "eager":
+            for f in ("iommu_mib", "boot_mean_ms", "assign_max_ms"):
+                h[f] /= 1000
+    assert "**pick `eager`**" in verdict(rows)[0]
+    only_shared = [h for h in rows if h["policy"] == "shared"]
+    assert verdict(only_shared) == ["The run has no unshared policy (it has shared), so it cannot say which one an "
+                                    "IPMMU-like unshared IOMMU should use."]
+
+
+def test_run_verdict_is_the_verdict_the_report_opens_with(report, run):
+    from iommu_core.report.verdict import run_verdict
+
+    text = run_verdict(run)
+    assert text.splitlines() == [i for i in verdict_items((report["dir"] / "report.md").read_text())]
+
+
+def test_a_later_section_is_appended_to_both_pages(tmp_path, run):
+    from iommu_core.report.page import Section
+
+    extra = Section("model-vs-xen", "Model against Xen", "| domain | level |\n|---|---|\n| dom0 | 3 |\n")
+    built = build(run.parent, run.name, tmp_path / "out", sections=[extra])
+    md, page = (built["dir"] / "report.md").read_text(), (built["dir"] / "report.html").read_text()
+    assert md.rstrip().endswith("| dom0 | 3 |") and "## Model against Xen" in md
+    assert page.index('<section id="model-vs-xen">') > page.index('<section id="sweep">')
+
+
+# -- the HTML page -------------------------------------------------------------------------------------
+ABSOLUTE = re.compile(r"(?<![\w.~-])/(?:work|home|tmp|root|Users|var|usr|opt|mnt)/")
+
+
+def test_the_page_is_self_contained_and_made_for_any_screen(report, run):
+    page = (report["dir"] / "report.html").read_text()
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert "max-width" in page and "overflow-x: auto" in page and "img { display: block; max-width: 100%" in page
+    assert not re.search(r'(src|href)="(?!data:)', page) and "<link" not in page
+    assert page.count('<div class="scroll"><table>') == page.count("<table>") > 5
+    body = page[page.index("<body>"):]
+    assert body.index('<section id="verdict">') < body.index("<table>") < body.index("<img")
+    for text in (page, (report["dir"] / "report.md").read_text()):
+        assert str(run.parent.parent) not in text and not ABSOLUTE.search(text)
+
+
+def test_the_committed_reference_report_has_no_absolute_path():
+    folder = Path(__file__).resolve().parent.parent / "results" / "reports" / "reference"
+    for name in ("report.md", "report.html"):
+        text = (folder / name).read_text()
+        assert not ABSOLUTE.search(text), ABSOLUTE.search(text)
+        assert "## The answer" in text or '<section id="verdict">' in text
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PROBE = """<script>
+window.addEventListener('load', () => {
+  const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  const img = document.querySelector('img');
+  document.body.setAttribute('data-probe', JSON.stringify({
+    scroll_width: document.documentElement.scrollWidth, inner_width: innerWidth,
+    verdict: box(document.getElementById('verdict')), img: box(img), img_natural: img.naturalWidth}));
+});
+</script>"""
+
+
+def chromium(profile: Path, url: str, width: int, height: int, *args: str) -> str:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", f"--window-size={width},{height}", *args, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium; "
+                                             ".ci/run installs it)")
+@pytest.mark.parametrize("width", [1280, 500])      # a wide screen; 500: the narrowest window headless lays out
+def test_chromium_shows_the_verdict_and_the_first_plot(report, tmp_path, width):
+    from PIL import Image
+
+    alone = tmp_path / "report.html"                # alone in its folder: nothing beside it to load
+    page = (report["dir"] / "report.html").read_text()
+    alone.write_text(page)
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", PROBE + "</body>"))
+    dom = chromium(tmp_path / "profile", probe.as_uri(), width, 900, "--virtual-time-budget=5000", "--dump-dom")
+    assert '<section id="verdict">' in dom and "pick <code>" in dom
+    layout = json.loads(html.unescape(re.search(r'data-probe="([^"]*)"', dom).group(1)))
+    assert layout["img_natural"] >= 800, layout                     # the embedded PNG decoded
+    assert layout["scroll_width"] <= layout["inner_width"], layout  # nothing wider than the window
+    assert layout["verdict"][3] < layout["img"][1]                  # the verdict comes first
+
+    height = int(layout["img"][3]) + 40
+    shot = tmp_path / "shot.png"
+    chromium(tmp_path / "profile", alone.as_uri(), width, height, f"--screenshot={shot}")
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape[:2] == (height, width) and pixels.std() > 10, "a blank screenshot"
+
+    def crop(box):
+        left, top, right, bottom = (max(0, int(v)) for v in box)
+        return pixels[top:bottom, left:right]
+    verdict = crop(layout["verdict"])
+    assert (verdict.max(axis=2) < 110).sum() > 2000, "no text where the verdict should be"
+    plot = crop(layout["img"])
+    coloured = (plot.max(axis=2) - plot.min(axis=2)) > 60              # the page itself is all greys
+    assert coloured.sum() > 1000, "no plot where the first image should be"
