@@ -26,7 +26,7 @@ from iommu_core.report.compare import compare
 from iommu_core.report.figures import ReportError
 from iommu_core.report.page import build
 from iommu_core.results import read_results
-from runs import make_run
+from runs import REFERENCE, make_run
 
 SMALL = """
 [sweep]
@@ -519,3 +519,10 @@ def test_chromium_shows_the_verdict_and_the_first_plot(report, tmp_path, width):
     plot = crop(layout["img"])
     coloured = (plot.max(axis=2) - plot.min(axis=2)) > 60              # the page itself is all greys
     assert coloured.sum() > 1000, "no plot where the first image should be"
+
+
+def test_the_readme_quotes_the_reference_verdict_as_generated():
+    from iommu_core.report.verdict import run_verdict
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert run_verdict(REFERENCE) in readme, "README: paste the output of iommu-bench report reference"
