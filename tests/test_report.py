@@ -422,6 +422,9 @@ def test_the_verdict_follows_the_numbers_when_they_change(run):
             for f in ("iommu_mib", "boot_mean_ms", "assign_max_ms"):
                 h[f] /= 1000
     assert "**pick `eager`**" in verdict(rows)[0]
+    only_lazy = [h for h in rows if h["policy"] in ("lazy", "shared")]
+    first = verdict(only_lazy)[0]
+    assert "**pick `lazy`**" in first and "the only unshared policy the run has" in first
     only_shared = [h for h in rows if h["policy"] == "shared"]
     assert verdict(only_shared) == ["The run has no unshared policy (it has shared), so it cannot say which one an "
                                     "IPMMU-like unshared IOMMU should use."]

@@ -118,9 +118,12 @@ def _best_api(run: _Run, scenario: str, policy: str) -> str:
 
 
 def _first(run: _Run, policy: str, wins: int, n: int) -> str:
-    text = (f"For an IPMMU-like unshared IOMMU, **pick `{policy}`** ({WHAT[policy]}): of the unshared policies it is "
-            f"lowest or tied on {wins} of {n} comparisons (IOMMU memory, mean boot and slowest assignment latency, "
-            f"each policy at its best driver API, on {_and(run.scenarios)} with {run.format})")
+    text = (f"For an IPMMU-like unshared IOMMU, **pick `{policy}`** ({WHAT[policy]}): " +
+            (f"of the unshared policies it is lowest or tied on {wins} of {n} comparisons (IOMMU memory, mean boot "
+             f"and slowest assignment latency, each policy at its best driver API, on {_and(run.scenarios)} with "
+             f"{run.format})" if n else
+             f"it is the only unshared policy the run has on {_and(run.scenarios)} with {run.format}, so nothing "
+             f"here compares it with another"))
     refused = [(run.get(s, run.format, policy, _best_api(run, s, policy))["assign_refused_undeclared"].mean, s)
                for s in run.scenarios if run.apis(s, run.format, policy)]
     worst = max(refused, default=(0.0, ""))
