@@ -200,14 +200,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report.page import build
+    from .report.verdict import markdown as verdict_markdown
 
     report = build(args.results, args.run, Path(args.output) if args.output else None)
-    print(f"run {report['run']}: headline (costs {report['costs']}; mean over seeds, per host)")
+    print(f"run {report['run']}: the verdict (Markdown, as the report opens with it)")
+    print(verdict_markdown(report["verdict"]))
+    print(f"headline (costs {report['costs']}; mean over seeds, per host)")
     _print_rows(report["headline"])
-    print("\nfindings:")
-    for f in report["findings"]:
-        print(f"- {f['scenario']} ({f['format']}, costs {f['costs']}): {f['text'].replace('`', '')}")
-    print(f"\nreport: {report['dir'] / 'report.md'} (and report.html, {len(report['files']) - 2} plots)")
+    print(f"\nreport: {report['dir'] / 'report.md'} (and report.html, {len(report['files']) - 2} plots; "
+          f"the findings per scenario are in it)")
     return 0
 
 
@@ -408,11 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser(
-        "report", help="write a run's report (Markdown, HTML, PNG plots) and print its headline",
-        description="Read a run's Arrow dataset and write a report folder: report.md, report.html and PNG "
-                    "plots of IOMMU table memory per policy and driver API, the lazy populate spike against "
+        "report", help="write a run's report (Markdown, HTML, PNG plots) and print its verdict and headline",
+        description="Read a run's Arrow dataset and write a report folder: report.md, a self-contained "
+                    "report.html and PNG plots. The report opens with a verdict generated from the numbers "
+                    "(which policy to pick for an unshared IOMMU and what it costs), then the findings per "
+                    "scenario, IOMMU table memory per policy and driver API, the lazy populate spike against "
                     "domain size, mapping cost per API, IPMMU context and IOVA limits, and the sweep's own "
-                    "speed; then print the headline table and the findings. Every figure is a mean over the "
+                    "speed; then print the verdict and the headline table. Every figure is a mean over the "
                     "run's seeds of per-host sums over domains.")
     r.add_argument("run", nargs="?", metavar="RUN-ID", help="a run under --results (default: the latest run)")
     r.add_argument("--results", default="results/runs", help="where runs are (default results/runs)")

@@ -9,6 +9,7 @@ place, so a reader never sees half a file.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from pathlib import Path
 
@@ -98,19 +99,33 @@ def write_part(run_dir: Path, rows: list[dict], name: str, provenance: dict) -> 
 
 
 # The run's manifest (provenance, status, cell counts), written last; one name for every reader.
-MANIFEST_NAME = "run.json"
+# A leading "_" makes Arrow tools (pyarrow.dataset, polars, duckdb, Spark) skip it as they skip _SUCCESS.
+MANIFEST_NAME = "_run.json"
+OLD_MANIFEST_NAMES = ("run.json",)           # runs written before the rename
+
+
+def read_manifest(run_dir) -> dict:
+    """A run's manifest ({} when it has none, e.g. a run that is still going or was killed)."""
+    for name in (MANIFEST_NAME, *OLD_MANIFEST_NAMES):
+        path = Path(run_dir) / name
+        if path.exists():
+            try:
+                return json.loads(path.read_text())
+            except ValueError as e:
+                raise ResultsError(f"{path}: not a JSON manifest ({e})") from None
+    return {}
 
 
 def latest_run(results) -> Path:
-    """The run that started last (by its run.json), e.g. the committed reference run on a fresh clone."""
+    """The run that started last (by its manifest), e.g. the committed reference run on a fresh clone."""
     runs = [p for p in Path(results).iterdir() if p.is_dir() and any(p.glob("*=*"))]
     if not runs:
         raise ResultsError(f"{results}: no runs")
 
     def started(p: Path) -> str:
         try:
-            return json.loads((p / MANIFEST_NAME).read_text())["start"]
-        except (OSError, ValueError, KeyError):
+            return str(read_manifest(p).get("start", ""))
+        except ResultsError:
             return ""
     return max(runs, key=lambda p: (started(p), p.name))
 
@@ -143,7 +158,23 @@ def read_results(path, run: str | None = None, **filters) -> pa.Table:
     table = ds.dataset([str(f) for f in files], format="parquet", partitioning=part,
                        partition_base_dir=str(root)).to_table()
     for column, value in filters.items():
-        if column not in table.column_names:
-            raise ResultsError(f"unknown column {column!r} to filter on")
+        check_filter(column, value)
         table = table.filter(pc.equal(table[column], value))
     return table
+
+
+# Python types a filter value may have, per Arrow type of the column (numpy's numbers included; a bool is
+# an int in Python, so it is refused where an int is wanted).
+_FILTER_TYPES = {I64: ("an integer", numbers.Integral), F64: ("a number", numbers.Real), STR: ("a string", str),
+                 BOOL: ("True or False", bool)}
+
+
+def check_filter(column: str, value) -> None:
+    """Refuse a filter on an unknown column, or with a value the column's type cannot equal."""
+    if column not in NAMES:
+        raise ResultsError(f"unknown column {column!r} to filter on (columns: {', '.join(NAMES)})")
+    typ = SCHEMA.field(column).type
+    wanted, allowed = _FILTER_TYPES[typ]
+    if not isinstance(value, allowed) or (isinstance(value, bool) and typ != BOOL):
+        raise ResultsError(f"filter {column}={value!r}: column {column!r} holds {typ} values, so the value "
+                           f"must be {wanted} (got {type(value).__name__} {value!r})")

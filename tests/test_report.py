@@ -1,17 +1,22 @@
 """The report and compare: every printed figure is recomputed here, independently, from the dataset.
 
-The run is made without Ray (run_cells + write_part, what each Ray task and the
-driver do), so these tests are quick and do not depend on a cluster.
+The run is made without Ray (tests/runs.py), so these tests are quick and do
+not depend on a cluster.
 """
 
+import base64
+import html
 import json
 import math
 import re
+import shutil
 import struct
+import subprocess
 import zlib
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -20,9 +25,8 @@ from iommu_core.cli import main
 from iommu_core.report.compare import compare
 from iommu_core.report.figures import ReportError
 from iommu_core.report.page import build
-from iommu_core.results import MANIFEST_NAME, read_results, write_part
-from iommu_core.sweep.grid import load_sweep
-from iommu_core.sweep.runner import run_cells
+from iommu_core.results import read_results
+from runs import REFERENCE, make_run
 
 SMALL = """
 [sweep]
@@ -43,20 +47,6 @@ seeds = [0]
 """
 
 
-def make_run(where: Path, text: str, run_id: str, change=None) -> Path:
-    (where / f"{run_id}.toml").write_text(text)
-    sweep = load_sweep(where / f"{run_id}.toml")
-    rows = run_cells(list(sweep.cells), sweep.costs, run_id)
-    if change:
-        rows = [change(dict(r)) for r in rows]
-    run_dir = where / "runs" / run_id
-    run_dir.mkdir(parents=True)
-    write_part(run_dir, rows, "part-0", {"run_id": run_id, "sweep": sweep.name})
-    (run_dir / MANIFEST_NAME).write_text(json.dumps({"run_id": run_id, "sweep": sweep.name, "start": run_id,
-                                                  "wall_s": 10.0, "ray_start_s": 1.0, "workers": 1}))
-    return run_dir
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("report"), SMALL, "run-a")
@@ -68,12 +58,15 @@ def report(run) -> dict:
 
 
 def md_tables(text: str) -> dict[str, list[dict]]:
-    """Every Markdown table of the page, under the heading (## ...) it follows; several: name, name#2."""
+    """Every Markdown table of the page, under the heading it follows ('## name', or 'name / sub' under a
+    '### sub'); several under one heading: name, name#2."""
     tables, heading, lines = {}, None, text.splitlines()
     i = 0
     while i < len(lines):
         if lines[i].startswith("## "):
-            heading = lines[i][3:].split(" (")[0]
+            heading = section = lines[i][3:].split(" (")[0]
+        if lines[i].startswith("### "):
+            heading = f"{section} / {lines[i][4:]}"
         if lines[i].startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
             head = [c.strip() for c in lines[i].strip("|").split("|")]
             rows = []
@@ -170,7 +163,9 @@ def test_a_report_writes_every_file_and_valid_labelled_plots(report):
             assert ax["x"] and ax["y"], (p, ax)
             assert re.search(r"\(.+\)", ax["y"]), f"{p.name}: y axis {ax['y']!r} has no unit"
     html = (report["dir"] / "report.html").read_text()
-    assert "<table>" in html and all(f'src="{p.name}"' in html for p in pngs)
+    assert "<table>" in html and not any(f'src="{p.name}"' in html for p in pngs)
+    embedded = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert sorted(base64.b64decode(e) for e in embedded) == sorted(p.read_bytes() for p in pngs)
 
 
 def test_the_report_goes_beside_the_runs_by_default(report, run):
@@ -259,12 +254,41 @@ def test_the_sweep_table_and_findings_follow_the_numbers(report, run):
         best = {}
         for (scen, fmt, _, policy, api), g in groups.items():
             if (scen, fmt) == (f["scenario"], f["format"]):
-                key = {"iommu_mib": "iommu_mib", "boot_mean_ms": "boot_ms", "assign_max_ms": "assign_ms"}[f["figure"]]
+                key = {"iommu_mib": "iommu_mib", "iommu_pct_ram": "pct", "boot_mean_ms": "boot_ms",
+                       "assign_max_ms": "assign_ms", "invalidations": "invalidations"}[f["figure"]]
                 best[policy] = min(best.get(policy, math.inf), mean(c[key] for c in g))
         assert best[f["winner"]] == min(best.values())
         assert f["value"] == pytest.approx(min(best.values()))
-    md = (report["dir"] / "report.md").read_text()
-    assert all(f["text"] in md for f in report["findings"])
+
+
+
+def test_the_findings_are_one_table_per_scenario_of_each_policy_at_its_best_api(report, run):
+    groups = over_seeds(per_cell(read_results(run).to_pylist()), "default")
+    tables = md_tables((report["dir"] / "report.md").read_text())
+    scenarios = sorted({k[0] for k in groups})
+    names = {"IOMMU MiB per host": ("iommu_mib", ".2f"), "% of guest RAM": ("pct", ".3f"),
+             "boot ms (mean)": ("boot_ms", ".3f"), "slowest assign ms": ("assign_ms", ".3f"),
+             "invalidations per host": ("invalidations", ",.0f")}
+    for scenario in scenarios:
+        rows = tables[f"Findings per scenario / {scenario}"]
+        formats = sorted({k[1] for k in groups if k[0] == scenario})
+        assert sorted({r["format"] for r in rows}) == formats and len(rows) == len(formats) * len(names)
+        for r in rows:
+            key, spec = names[r["figure"]]
+            best = {}
+            for (scen, fmt, _, policy, api), g in groups.items():
+                if (scen, fmt) == (scenario, r["format"]):
+                    best.setdefault(policy, {})[api] = mean(c[key] for c in g)
+            low = format(min(min(v.values()) for v in best.values()), spec)
+            for policy, per_api in best.items():
+                value = format(min(per_api.values()), spec)
+                cell = r[policy].strip("*")
+                assert cell.split(" (")[0] == value, (scenario, r, policy)
+                assert r[policy].startswith("**") == (value == low), (scenario, r, policy)
+            unshared = sorted((min(v.values()), p) for p, v in best.items() if p != "shared")
+            assert r["lowest unshared"].startswith(f"`{unshared[0][1]}`") or \
+                format(unshared[0][0], spec) == format(unshared[1][0], spec)
+    assert len(tables) > len(scenarios)           # every scenario's table, then the rest of the page
 
 
 def test_compare_flags_what_moved_beyond_the_seeds_noise(tmp_path, run):
@@ -303,7 +327,9 @@ def test_compare_within_noise_is_not_flagged(tmp_path, run):
 def test_report_and_compare_on_the_command_line(tmp_path, run, capsys):
     assert main(["report", run.name, "--results", str(run.parent), "-o", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "findings:" in out and (tmp_path / "out" / "report.md").exists()
+    assert (tmp_path / "out" / "report.md").exists()
+    verdict = re.search(r"## The answer\n\n((?:- .*\n)+)", (tmp_path / "out" / "report.md").read_text()).group(1)
+    assert out.splitlines()[1:1 + verdict.count("\n")] == verdict.splitlines()
     headline = md_tables((tmp_path / "out" / "report.md").read_text())["Headline"]
     first = headline[0]
     assert re.search(r"\s+".join(re.escape(first[k]) for k in ("scenario", "format", "policy", "api", "IOMMU MiB")),
@@ -330,3 +356,176 @@ def test_a_run_without_successful_cells_is_refused(tmp_path):
     run_dir = make_run(tmp_path, text, "na")
     with pytest.raises(ReportError, match="no successful cells"):
         build(run_dir.parent, "na")
+
+
+# -- the verdict --------------------------------------------------------------------------------------
+def verdict_items(md: str) -> list[str]:
+    return re.search(r"## The answer\n\n((?:- .*\n)+)", md).group(1).splitlines()
+
+
+def test_the_report_opens_with_a_verdict_of_at_most_six_sentences_before_any_table(report):
+    md = (report["dir"] / "report.md").read_text()
+    items = verdict_items(md)
+    assert 4 <= len(items) <= 6
+    for item in items:              # one sentence each: no full stop followed by a new sentence inside
+        assert item.endswith(".") and not re.search(r"[a-z0-9)`]\. [A-Z`]", item[:-1]), item
+    assert md.index("## The answer") < md.index("\n| ") and md.index("## The answer") < md.index("![")
+    assert md.splitlines()[0].startswith("# iommu-bench report") and md.splitlines()[2] == "## The answer"
+
+
+def test_the_verdict_picks_the_unshared_policy_the_numbers_favour_and_quotes_them(report, run):
+    groups = over_seeds(per_cell(read_results(run).to_pylist()), "default")
+    main_format = "ipmmu-s1-39"                         # the format both scenarios of the run have
+    wins, comparisons = defaultdict(int), 0
+    for scenario in sorted({k[0] for k in groups if k[1] == main_format}):
+        for key, spec in (("iommu_mib", ".2f"), ("boot_ms", ".3f"), ("assign_ms", ".3f")):
+            best = {}
+            for (scen, fmt, _, policy, api), g in groups.items():
+                if (scen, fmt) == (scenario, main_format) and policy != "shared":
+                    best[policy] = min(best.get(policy, math.inf), mean(c[key] for c in g))
+            comparisons += 1
+            for policy, v in best.items():
+                wins[policy] += format(v, spec) == format(min(best.values()), spec)
+    pick = max(sorted(wins, key=["eager", "lazy", "declared"].index), key=wins.get)
+    items = verdict_items((report["dir"] / "report.md").read_text())
+    assert f"**pick `{pick}`**" in items[0] and f"{wins[pick]} of {comparisons} comparisons" in items[0]
+    m = re.search(r"with the `([\w-]+)` API on ([\w-]+) \(([\w-]+)\), it needs ([\d.]+) MiB of IOMMU table per host "
+                  r"\(([\d.e-]+) % of guest RAM.*boots a domain in ([\d.]+) ms on average.*assigns a device in ([\d.]+) "
+                  r"ms at the slowest.*issues ([\d,]+) IOTLB invalidations", items[1])
+    api, scenario, fmt = m.group(1), m.group(2), m.group(3)
+    g = groups[(scenario, fmt, "default", pick, api)]
+    assert m.group(4) == f"{mean(c['iommu_mib'] for c in g):.2f}"
+    assert float(m.group(5)) == pytest.approx(mean(c["pct"] for c in g), rel=0.05)
+    assert m.group(6) == f"{mean(c['boot_ms'] for c in g):.3f}"
+    assert m.group(7) == f"{mean(c['assign_ms'] for c in g):.3f}"
+    assert m.group(8) == f"{mean(c['invalidations'] for c in g):,.0f}"
+    for other in ("eager", "lazy", "declared"):
+        if other != pick:
+            og = groups[(scenario, fmt, "default", other, api)]
+            assert f"`{other}` {mean(c['boot_ms'] for c in og):.3f}" in items[1]
+    hardware = next(i for i in items if i.startswith("- The hardware caps the choice"))
+    assert "h3-fleet's guests get" in hardware and "IPMMU context" in hardware
+    assert re.search(r"the 32-bit IPA size of ipmmu-s1-32 leaves [\d,]+ MiB of small-h3 unreachable", hardware)
+    last = items[-1]
+    assert all(s in last for s in ("`batched` and `blocks` APIs and `lazy` on Arm are design assumptions",
+                                   "`eager` with the per-page API (the downstream xen-troops IPMMU driver)",
+                                   "`shared` (upstream Xen)"))
+
+
+def test_the_verdict_follows_the_numbers_when_they_change(run):
+    from iommu_core.report.figures import hosts
+    from iommu_core.report.verdict import verdict
+
+    rows = hosts(read_results(run))
+    for h in rows:                                  # make eager the cheapest unshared policy on every figure
+        if h["policy"] == "eager":
+            for f in ("iommu_mib", "boot_mean_ms", "assign_max_ms"):
+                h[f] /= 1000
+    assert "**pick `eager`**" in verdict(rows)[0]
+    only_lazy = [h for h in rows if h["policy"] in ("lazy", "shared")]
+    first = verdict(only_lazy)[0]
+    assert "**pick `lazy`**" in first and "the only unshared policy the run has" in first
+    only_shared = [h for h in rows if h["policy"] == "shared"]
+    assert verdict(only_shared) == ["The run has no unshared policy (it has shared), so it cannot say which one an "
+                                    "IPMMU-like unshared IOMMU should use."]
+
+
+def test_run_verdict_is_the_verdict_the_report_opens_with(report, run):
+    from iommu_core.report.verdict import run_verdict
+
+    text = run_verdict(run)
+    assert text.splitlines() == [i for i in verdict_items((report["dir"] / "report.md").read_text())]
+
+
+def test_a_later_section_is_appended_to_both_pages(tmp_path, run):
+    from iommu_core.report.page import Section
+
+    extra = Section("model-vs-xen", "Model against Xen", "| domain | level |\n|---|---|\n| dom0 | 3 |\n")
+    built = build(run.parent, run.name, tmp_path / "out", sections=[extra])
+    md, page = (built["dir"] / "report.md").read_text(), (built["dir"] / "report.html").read_text()
+    assert md.rstrip().endswith("| dom0 | 3 |") and "## Model against Xen" in md
+    assert page.index('<section id="model-vs-xen">') > page.index('<section id="sweep">')
+
+
+# -- the HTML page -------------------------------------------------------------------------------------
+ABSOLUTE = re.compile(r"(?<![\w.~-])/(?:work|home|tmp|root|Users|var|usr|opt|mnt)/")
+
+
+def test_the_page_is_self_contained_and_made_for_any_screen(report, run):
+    page = (report["dir"] / "report.html").read_text()
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert "max-width" in page and "overflow-x: auto" in page and "img { display: block; max-width: 100%" in page
+    assert not re.search(r'(src|href)="(?!data:)', page) and "<link" not in page
+    assert page.count('<div class="scroll"><table>') == page.count("<table>") > 5
+    body = page[page.index("<body>"):]
+    assert body.index('<section id="verdict">') < body.index("<table>") < body.index("<img")
+    for text in (page, (report["dir"] / "report.md").read_text()):
+        assert str(run.parent.parent) not in text and not ABSOLUTE.search(text)
+
+
+def test_the_committed_reference_report_has_no_absolute_path():
+    folder = Path(__file__).resolve().parent.parent / "results" / "reports" / "reference"
+    for name in ("report.md", "report.html"):
+        text = (folder / name).read_text()
+        assert not ABSOLUTE.search(text), ABSOLUTE.search(text)
+        assert "## The answer" in text or '<section id="verdict">' in text
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PROBE = """<script>
+window.addEventListener('load', () => {
+  const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  const img = document.querySelector('img');
+  document.body.setAttribute('data-probe', JSON.stringify({
+    scroll_width: document.documentElement.scrollWidth, inner_width: innerWidth,
+    verdict: box(document.getElementById('verdict')), img: box(img), img_natural: img.naturalWidth}));
+});
+</script>"""
+
+
+def chromium(profile: Path, url: str, width: int, height: int, *args: str) -> str:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", f"--window-size={width},{height}", *args, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium; "
+                                             ".ci/run installs it)")
+@pytest.mark.parametrize("width", [1280, 500])      # a wide screen; 500: the narrowest window headless lays out
+def test_chromium_shows_the_verdict_and_the_first_plot(report, tmp_path, width):
+    from PIL import Image
+
+    alone = tmp_path / "report.html"                # alone in its folder: nothing beside it to load
+    page = (report["dir"] / "report.html").read_text()
+    alone.write_text(page)
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", PROBE + "</body>"))
+    dom = chromium(tmp_path / "profile", probe.as_uri(), width, 900, "--virtual-time-budget=5000", "--dump-dom")
+    assert '<section id="verdict">' in dom and "pick <code>" in dom
+    layout = json.loads(html.unescape(re.search(r'data-probe="([^"]*)"', dom).group(1)))
+    assert layout["img_natural"] >= 800, layout                     # the embedded PNG decoded
+    assert layout["scroll_width"] <= layout["inner_width"], layout  # nothing wider than the window
+    assert layout["verdict"][3] < layout["img"][1]                  # the verdict comes first
+
+    height = int(layout["img"][3]) + 40
+    shot = tmp_path / "shot.png"
+    chromium(tmp_path / "profile", alone.as_uri(), width, height, f"--screenshot={shot}")
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape[:2] == (height, width) and pixels.std() > 10, "a blank screenshot"
+
+    def crop(box):
+        left, top, right, bottom = (max(0, int(v)) for v in box)
+        return pixels[top:bottom, left:right]
+    verdict = crop(layout["verdict"])
+    assert (verdict.max(axis=2) < 110).sum() > 2000, "no text where the verdict should be"
+    plot = crop(layout["img"])
+    coloured = (plot.max(axis=2) - plot.min(axis=2)) > 60              # the page itself is all greys
+    assert coloured.sum() > 1000, "no plot where the first image should be"
+
+
+def test_the_readme_quotes_the_reference_verdict_as_generated():
+    from iommu_core.report.verdict import run_verdict
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert run_verdict(REFERENCE) in readme, "README: paste the output of iommu-bench report reference"

@@ -1,1 +1,2 @@
-"""The report of a sweep run: figures, findings, plots, the page, and comparing two runs."""
+"""The report of a sweep run: figures, the verdict, findings, plots, the page and its HTML, and comparing
+two runs."""

@@ -1,20 +1,24 @@
 """The report folder of one run: report.md, report.html, the PNG plots, and the headline for the terminal.
 
-Every number on the page is computed here from the run's dataset (see
-figures.py); each table says which cost variant it is under and over how many
-seeds its means are taken.
+The page opens with the verdict (verdict.py), then the findings as one short
+table per scenario, then the tables and plots. Every number on it is computed
+from the run's dataset (see figures.py); each table says which cost variant it
+is under and over how many seeds its means are taken. `build(..., sections=)`
+appends more sections (e.g. the model against a real Xen) after the rest.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..results import MANIFEST_NAME, read_results, run_directory
-from . import plots
+from ..results import read_manifest, read_results, run_directory
+from . import html, plots
 from .figures import HOST_KEYS, ReportError, by_host_key, domains_with_devices, first_costs, hosts, workers
-from .findings import findings
+from .findings import findings, tables
+from .verdict import markdown as verdict_markdown
+from .verdict import verdict
 
 HEADLINE = [("iommu_mib", "IOMMU MiB", ".2f"), ("iommu_pct_ram", "% of guest RAM", ".3f"),
             ("boot_mean_ms", "boot ms (mean)", ".3f"), ("assign_max_ms", "slowest assign ms", ".3f"),
@@ -83,11 +87,47 @@ def spike_rows(domains: list[dict]) -> list[dict]:
     return rows
 
 
-def build(results, run: str | None = None, out: Path | None = None) -> dict:
-    """Write the report of a run; returns its folder, files, headline rows and findings."""
+@dataclass(frozen=True)
+class Section:
+    """One section of the page: an element id (for the HTML), a heading and its Markdown body."""
+    id: str
+    title: str
+    body: str
+
+    def markdown(self) -> str:
+        return f"## {self.title}\n\n{self.body}"
+
+
+def shown_path(path, results_root: Path) -> str:
+    """A path as the report prints it, never an absolute path of the machine: a file of this package from
+    the package's folder (iommu_core/...), one under the results folder relative to it, else its name."""
+    if not path:
+        return "?"
+    p = Path(path)
+    if "iommu_core" in p.parts:
+        return "/".join(p.parts[p.parts.index("iommu_core"):])
+    try:
+        return p.resolve().relative_to(results_root.resolve()).as_posix()
+    except ValueError:
+        return p.name
+
+
+def findings_section(finds: list[dict], costs: str) -> Section:
+    body = ["Each policy at its best driver API for the figure (in brackets; \"any API\" when all give the same), "
+            "mean over seeds; the lowest of each row in bold. `shared` needs an IOMMU that walks the P2M, so the "
+            "last column names the lowest unshared policy, the answer for the IPMMU in stage-1 mode.\n"]
+    for scenario, rows in tables(finds).items():
+        body += [f"### {scenario}\n", markdown_table(rows)]
+    return Section("findings", f"Findings per scenario (costs `{costs}`)",
+                   "\n".join(body) if finds else "(not enough policies to compare)\n")
+
+
+def build(results, run: str | None = None, out: Path | None = None, sections: list[Section] | None = None) -> dict:
+    """Write the report of a run; returns its folder, files, verdict, headline rows and findings.
+    `sections`: more sections for the end of the page (e.g. the model against a real Xen)."""
     run_dir = run_directory(results, run)
     table = read_results(run_dir)
-    manifest = json.loads((run_dir / MANIFEST_NAME).read_text()) if (run_dir / MANIFEST_NAME).exists() else {}
+    manifest = read_manifest(run_dir)
     host_rows = hosts(table)
     costs = first_costs(host_rows)
     everything = by_host_key(host_rows, ALL_FIGURES)
@@ -97,6 +137,7 @@ def build(results, run: str | None = None, out: Path | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     _, top = headline(host_rows)
+    answer = verdict(host_rows)
     finds = findings(counted)
     per_worker = workers(host_rows)
     cells_s = sum(h["cell_wall_s"] for h in host_rows)
@@ -115,45 +156,42 @@ def build(results, run: str | None = None, out: Path | None = None) -> dict:
             plots.scaling(per_worker, wall, out / "scaling.png")]
 
     n_seeds = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})"
-    sections = [
-        f"# iommu-bench report: run {run_dir.name}\n",
-        f"Sweep `{manifest.get('sweep', '?')}` ({manifest.get('sweep_file', '?')}), "
-        f"{len(host_rows)} successful cells, commit {manifest.get('git_commit', '?')}, host "
-        f"{manifest.get('host', '?')}, started {manifest.get('start', '?')}. Every figure is a mean over "
-        f"{n_seeds} of per-host sums over domains; tables of counts and memory are under cost variant "
-        f"`{costs}` (cost variants change modelled time only).\n",
-        "## Findings\n",
-        "".join(f"- **{f['scenario']} ({f['format']}, costs {f['costs']})**: {f['text']}.\n" for f in finds) or
-        "(not enough policies to compare)\n",
-        f"## Headline (costs `{costs}`)\n", markdown_table(top),
-        f"## IOMMU table memory per host (costs `{costs}`)\n",
-        "The sum over domains of each domain's peak IOMMU table, beside the analytic minimum for the same "
-        "mappings and what Xen's toolstack reserves for them.\n",
-        markdown_table(figure_rows(counted, MEMORY)), "![memory](memory.png)\n",
-        f"## The lazy populate spike (costs `{costs}`)\n",
-        "Slowest device assignment of each domain that gets a device, mean per domain size.\n",
-        markdown_table(spike_rows(domains)), "![lazy spike](lazy_spike.png)\n",
-        "## Mapping cost per driver API\n",
-        "Per host. Latency is per map or unmap call, pooled over the host's domains, as Linux's "
-        "`dma_map_benchmark` reports it (mean and standard deviation).\n",
-        markdown_table(figure_rows(everything, COST, keys=("scenario", "format", "costs", "policy", "api"))),
-        "![mapping cost](mapping_cost.png)\n",
-        f"## Fleet limits: IPMMU contexts and the IOVA space (costs `{costs}`)\n",
-        markdown_table(figure_rows(counted, FLEET)), "![fleet](fleet.png)\n",
-        "## The sweep and the engine\n", markdown_table(run_rows), markdown_table(worker_rows),
-        "![scaling](scaling.png)\n",
+    results_root = run_dir.parent.parent
+    about = (f"Sweep `{manifest.get('sweep', '?')}` ({shown_path(manifest.get('sweep_file'), results_root)}), "
+             f"{len(host_rows)} successful cells, commit {manifest.get('git_commit', '?')}, host "
+             f"{manifest.get('host', '?')}, started {manifest.get('start', '?')}. Every figure is a mean over "
+             f"{n_seeds} of per-host sums over domains; tables of counts and memory are under cost variant "
+             f"`{costs}` (cost variants change modelled time only).\n")
+    page = [
+        Section("verdict", "The answer", verdict_markdown(answer)),
+        Section("run", "The run", about),
+        findings_section(finds, costs),
+        Section("headline", f"Headline (costs `{costs}`)", markdown_table(top)),
+        Section("memory", f"IOMMU table memory per host (costs `{costs}`)",
+                "The sum over domains of each domain's peak IOMMU table, beside the analytic minimum for the same "
+                "mappings and what Xen's toolstack reserves for them.\n\n" + markdown_table(figure_rows(counted, MEMORY))
+                + "\n![memory](memory.png)\n"),
+        Section("lazy-spike", f"The lazy populate spike (costs `{costs}`)",
+                "Slowest device assignment of each domain that gets a device, mean per domain size.\n\n"
+                + markdown_table(spike_rows(domains)) + "\n![lazy spike](lazy_spike.png)\n"),
+        Section("mapping-cost", "Mapping cost per driver API",
+                "Per host. Latency is per map or unmap call, pooled over the host's domains, as Linux's "
+                "`dma_map_benchmark` reports it (mean and standard deviation).\n\n"
+                + markdown_table(figure_rows(everything, COST, keys=("scenario", "format", "costs", "policy", "api")))
+                + "\n![mapping cost](mapping_cost.png)\n"),
+        Section("fleet", f"Fleet limits: IPMMU contexts and the IOVA space (costs `{costs}`)",
+                markdown_table(figure_rows(counted, FLEET)) + "\n![fleet](fleet.png)\n"),
+        Section("sweep", "The sweep and the engine",
+                markdown_table(run_rows) + "\n" + markdown_table(worker_rows) + "\n![scaling](scaling.png)\n"),
+        *(sections or []),
     ]
-    text = "\n".join(sections)
+    title = f"iommu-bench report: run {run_dir.name}"
+    text = "\n".join([f"# {title}\n", *(s.markdown() for s in page)])
     (out / "report.md").write_text(text)
-    import markdown
-
-    body = markdown.markdown(text, extensions=["tables"])
-    (out / "report.html").write_text(f"<!doctype html>\n<html><head><meta charset='utf-8'><title>iommu-bench "
-                                     f"{run_dir.name}</title><style>table{{border-collapse:collapse}}td,th{{border:"
-                                     f"1px solid #999;padding:2px 6px;text-align:right}}</style></head><body>\n"
-                                     f"{body}\n</body></html>\n")
+    (out / "report.html").write_text(html.render(title, [("title", f"# {title}\n"),
+                                                         *((s.id, s.markdown()) for s in page)], out))
     return {"dir": out, "files": [out / "report.md", out / "report.html", *pngs], "headline": top,
-            "costs": costs, "findings": finds, "run": run_dir.name}
+            "costs": costs, "verdict": answer, "findings": finds, "run": run_dir.name}
 
 
-__all__ = ["build", "ReportError"]
+__all__ = ["build", "ReportError", "Section"]

@@ -1,4 +1,5 @@
-"""How a sweep shows its progress: quietly (tests, benchmarks) or as a tqdm bar on stderr.
+"""How a sweep shows its progress: quietly (tests, benchmarks), as a tqdm bar on a terminal, or as
+plain lines in a log or CI (a bar redrawn hundreds of times is one unreadable line there).
 
 The ETA is the runner's own: the mean wall time of the finished cells of each
 scenario times the cells of that scenario still to run, over the workers. A
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import time
 from collections import Counter
 
 
@@ -26,7 +28,14 @@ class Quiet:
         pass
 
 
-class Bar(Quiet):
+def Bar(total: int, stream=None):
+    """The progress the command line shows on stderr: a bar updated in place on a terminal, else Lines."""
+    stream = stream or sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    return Terminal(total) if isatty and isatty() else Lines(total, stream)
+
+
+class Terminal(Quiet):
     def __init__(self, total: int):
         from tqdm import tqdm
 
@@ -43,6 +52,39 @@ class Bar(Quiet):
 
     def close(self) -> None:
         self.bar.close()
+
+
+class Lines(Quiet):
+    """One plain line per step of progress: when `every_frac` more of the cells are done, or `every_s`
+    seconds have passed since the last line, whichever comes first (so at most 1 / every_frac lines
+    plus one per every_s seconds), and one at the end."""
+
+    def __init__(self, total: int, stream=None, every_s: float = 10.0, every_frac: float = 0.05,
+                 clock=time.monotonic):
+        self.total, self.stream, self.every_s, self.clock = total, stream or sys.stderr, every_s, clock
+        self.step = max(1, round(total * every_frac))
+        self.t0 = self.last_t = clock()
+        self.last_done, self.state = 0, (0, 0, None)
+
+    def _line(self) -> None:
+        done, failed, eta_s = self.state
+        pct = 100 * done / self.total if self.total else 100.0
+        eta = "-" if eta_s is None else f"{eta_s:.0f} s"
+        print(f"sweep: {done}/{self.total} cells ({pct:.0f} %), {failed} failed, ETA {eta}, "
+              f"{self.clock() - self.t0:.0f} s elapsed", file=self.stream, flush=True)
+        self.last_done, self.last_t = done, self.clock()
+
+    def update(self, done: int, failed: int, eta_s: float) -> None:
+        self.state = (done, failed, eta_s)
+        if done - self.last_done >= self.step or self.clock() - self.last_t >= self.every_s:
+            self._line()
+
+    def message(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.state[0] != self.last_done:
+            self._line()
 
 
 class Eta:
