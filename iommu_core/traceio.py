@@ -86,6 +86,8 @@ def write_trace(path, rows: list[tuple], board: Board, specs: list[DomainSpec], 
 def read_trace(path) -> tuple[dict, Board, list[DomainSpec], dict]:
     """Read and validate a trace: (columns as numpy arrays / lists, board, domain specs, host settings)."""
     path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"{path}: no such trace file (expected a Parquet trace)")
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as e:
