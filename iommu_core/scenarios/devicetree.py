@@ -45,7 +45,11 @@ Reading rules
   (two masters, or MMIO and RAM).
 - Board: name = `name` or the file's stem ("h3.dts" -> "h3"); ipmmu_contexts and
   reserved_contexts come from the arguments (a tree does not say them).
-- Errors: a missing or unreadable file, a tree fdt cannot parse, a `reg` whose
+- Whole trees only: a .dts must close every comment, string, `{` (with `};`), `<`
+  and `[` before the file ends; a .dtb's header sizes must fit the file and its
+  structure block must run from FDT_BEGIN_NODE to FDT_END (fdt's parser would take
+  the first part of a cut file, or fail with an IndexError).
+- Errors: a missing or unreadable file, a tree that is not whole, a tree fdt cannot parse, a `reg` whose
   length is not a whole number of (address + size) cells, a `reg` outside its
   bus's ranges, no memory node, or a Board that refuses the result: ValueError
   naming the file and the node path.
