@@ -187,3 +187,16 @@ def test_the_eta_counts_each_scenario_at_its_own_mean():
     done = [{"cell": cells[0].key, "cell_wall_s": 10.0}, {"cell": cells[0].key, "cell_wall_s": 10.0}]
     assert eta.after(done) == pytest.approx((3 * 10 + 4 * 10) / 2)       # small not seen: the mean of all
     assert eta.after([{"cell": cells[4].key, "cell_wall_s": 1.0}]) == pytest.approx((3 * 10 + 3 * 1) / 2)
+
+
+def test_provenance_is_small_and_the_same_size_whatever_the_seed_count(tmp_path):
+    from iommu_core.sweep.runner import provenance
+    sizes = []
+    for n in (2, 10_000):
+        (tmp_path / "s.toml").write_text(f"[sweep]\nname = 'many'\nscenarios = ['small-h3']\npolicies = ['eager']\n"
+                                         f"apis = ['batched']\nseeds = {list(range(n))}\n")
+        sweep = load_sweep(tmp_path / "s.toml")
+        prov = provenance(sweep, "run", "attempt", "2026-01-01T00:00:00+00:00", 1, 2, 2)
+        assert prov["seed_count"] == n and len(prov["sweep_sha256"]) == 64
+        sizes.append(len(json.dumps(prov)))
+    assert sizes[1] - sizes[0] <= 4 and sizes[1] < 1024       # 2 -> 10000: four more digits, no list
