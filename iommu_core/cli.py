@@ -239,7 +239,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .results import run_directory
 
     def where(run):
-        return run_directory(run) if Path(run).is_dir() else run_directory(args.results, run)
+        return run_directory(run) if run and Path(run).is_dir() else run_directory(args.results, run)
 
     a, b = where(args.run_a), where(args.run_b)
     result = compare(a, b)

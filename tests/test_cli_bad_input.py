@@ -246,6 +246,7 @@ CASES = [
     ("report-run-without-parts", lambda t, tr: ["report", "r1", "--results", run(t, "r1", None)], "r1: no runs"),
     ("report-unreadable-part", lambda t, tr: ["report", "r1", "--results", broken_part(t), "-o", str(t / "out")],
      "p.parquet"),
+    ("compare-empty-run", lambda t, tr: ["compare", "", "reference", "--results", str(REFERENCE)], "''"),
     ("compare-no-run", lambda t, tr: ["compare", "reference", "nope", "--results", str(REFERENCE)], "'nope'"),
     # traces
     ("trace-record-scenario", lambda t, tr: ["trace", "record", "moon", "-o", str(t / "t.parquet")], "moon"),

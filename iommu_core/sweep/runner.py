@@ -406,8 +406,9 @@ class _Signals:
             signal.signal(s, h)
 
     def _handler(self, signum, frame):
-        if self.pending is None:
-            self.pending = signum
+        if self.pending is not None:           # a second signal while stopping: the clean-up goes on
+            return
+        self.pending = signum
         if not self.shield:
             raise _Stop(signum)
 
