@@ -10,6 +10,7 @@ from pathlib import Path
 from . import __version__
 from .pgtable import PRESETS, ExtentError, Format
 from .scenarios.files import P2M_FORMAT_CHOICES, resolve_p2m_format
+from .sweep.grid import MAX_CELLS
 
 MIB = 1 << 20
 
@@ -28,13 +29,26 @@ def _formats(value: str) -> list[Format]:
 
 
 def _positive_int(value: str) -> int:
+    # base 10: "010" is ten (base 0 refuses a leading zero)
     try:
-        n = int(value, 0)
+        n = int(value, 10)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive decimal integer, got {value!r}") from None
     if n <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return n
+
+
+def _output_file(path: str | None, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, or in a missing folder."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{option} {path!r}: a folder, not a file (expected a file name to write)")
+    if not p.parent.is_dir():
+        raise ValueError(f"{option} {path!r}: no folder {str(p.parent)!r} to write it in (expected an "
+                         f"existing folder)")
 
 
 def _print_rows(rows: list[dict], columns: list[tuple[str, str]] | None = None) -> None:
@@ -61,6 +75,9 @@ def _fmt(v) -> str:
 def cmd_tables(args: argparse.Namespace) -> int:
     from .guestmap import guest_layout, map_guest
 
+    _output_file(args.json, "--json")
+    if args.export and Path(args.export).exists() and not Path(args.export).is_dir():
+        raise ValueError(f"--export {args.export!r}: a file, not a folder (expected a folder for the images)")
     layout = guest_layout(args.guest_mib * MIB, args.chunk_kib * 1024, seed=args.seed)
     leaves = ["auto", "4k"] if args.leaf == "both" else [args.leaf]
     rows = []
@@ -140,6 +157,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     from .xen.host import Host
     from .xen.iommu import APIS, NotApplicable
 
+    _output_file(args.json, "--json")
     policies = list(POLICIES) if args.policy == "all" else [args.policy]
     apis = list(APIS) if args.api == "all" else [args.api]
     all_records: list[dict] = []
@@ -176,13 +194,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .results import read_results
     from .sweep.grid import load_sweep
     from .sweep.progress import Bar, Quiet
-    from .sweep.runner import run_sweep
+    from .sweep.runner import SweepStopped, run_sweep
 
-    sweep = load_sweep(args.sweep)
-    print(f"sweep {sweep.name}: {len(sweep.cells)} cells ({sweep.file})", flush=True)
-    run_dir = run_sweep(sweep, Path(args.results), address=args.address, workers=args.workers,
-                        object_store_mb=args.object_store_mb, resume=args.resume,
-                        progress=Quiet if args.quiet else Bar)
+    # --resume takes the run's own sweep (from its manifest); a sweep file given with it must be that one
+    sweep = load_sweep(args.sweep, max_cells=args.max_cells) if args.sweep or not args.resume else None
+    if sweep is not None:
+        print(f"sweep {sweep.name}: {len(sweep.cells)} cells ({sweep.file})", flush=True)
+    try:
+        run_dir = run_sweep(sweep, Path(args.results), address=args.address, workers=args.workers,
+                            object_store_mb=args.object_store_mb, resume=args.resume,
+                            progress=Quiet if args.quiet else Bar, max_cells=args.max_cells)
+    except SweepStopped as e:
+        print(f"iommu-bench: {e}", file=sys.stderr)
+        return e.exit_code
     table = read_results(run_dir)
     print(f"results: {run_dir} ({table.num_rows:,} rows)")
     statuses = table.column("status").to_pylist()
@@ -217,7 +241,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .results import run_directory
 
     def where(run):
-        return run_directory(run) if Path(run).is_dir() else run_directory(args.results, run)
+        return run_directory(run) if run and Path(run).is_dir() else run_directory(args.results, run)
 
     a, b = where(args.run_a), where(args.run_b)
     result = compare(a, b)
@@ -246,6 +270,8 @@ def cmd_trace_record(args: argparse.Namespace) -> int:
     from .xen.host import Host
     from .xen.trace import Recorder
 
+    if Path(args.output).is_dir():
+        raise ValueError(f"-o {args.output!r}: a folder, not a file (expected a trace file name, .parquet)")
     scenario = load_scenario(args.scenario, seed=args.seed)
     config = scenario.host_config(policy=args.policy, api=args.api, iommu_format=args.format,
                                   p2m_format=args.p2m_format, seed=args.seed, fragmentation=args.fragmentation)
@@ -305,6 +331,7 @@ def cmd_trace_replay(args: argparse.Namespace) -> int:
     from .xen.iommu import NotApplicable
     from .xen.trace import steps_from_rows
 
+    _output_file(args.json, "--json")
     cols, board, specs, settings = read_trace(args.trace)
     steps = steps_from_rows(cols, len(specs))
     try:
@@ -352,8 +379,15 @@ def _write_records(path: str, records: list[dict]) -> None:
             f.write(json.dumps(r) + "\n")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a refused argument is one line on stderr (exit code 2), like every other refusal."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="iommu-bench",
         description="Measure what keeping an unshared IOMMU page table in sync with the P2M costs.")
     p.add_argument("--version", action="version", version=f"iommu-bench {__version__}")
@@ -402,9 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("sweep", nargs="?", help="a sweep file (TOML); default: the project's default sweep")
     sw.add_argument("--results", default="results/runs", help="where runs go (default results/runs)")
     sw.add_argument("--address", help="a Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
-    sw.add_argument("--workers", type=_positive_int, help="cap on parallel tasks (default: every CPU Ray sees)")
+    sw.add_argument("--workers", type=_positive_int, help="at most N cells' tasks at once: a local Ray gets min(N, CPUs) CPUs (default: every CPU)")
     sw.add_argument("--object-store-mb", type=_positive_int, help="object store of a local Ray, in MiB")
-    sw.add_argument("--resume", metavar="RUN-ID", help="finish an interrupted run: only cells without rows run")
+    sw.add_argument("--resume", metavar="RUN-ID",
+                    help="finish an interrupted run with its own sweep (from its manifest): only cells without "
+                         "rows run")
+    sw.add_argument("--max-cells", type=_positive_int, default=MAX_CELLS,
+                    help=f"refuse a sweep of more cells than this (default {MAX_CELLS:,})")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=cmd_sweep)
 
@@ -497,8 +535,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ExtentError, ValueError, ConnectionError) as e:
-        print(f"iommu-bench: error: {e}", file=sys.stderr)
+        print(f"iommu-bench: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:                         # a file the checks could not foresee (permissions, a full disk)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"iommu-bench: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split("\n"))
 
 
 if __name__ == "__main__":

@@ -94,8 +94,12 @@ def write_part(run_dir: Path, rows: list[dict], name: str, provenance: dict) -> 
         sub = run_dir.joinpath(*[f"{p}={v}" for p, v in zip(PARTITIONS, key)])
         sub.mkdir(parents=True, exist_ok=True)
         tmp = sub / f".{name}.parquet.tmp"
-        pq.write_table(part.drop_columns(list(PARTITIONS)), tmp)
-        os.replace(tmp, sub / f"{name}.parquet")
+        try:
+            pq.write_table(part.drop_columns(list(PARTITIONS)), tmp)
+            os.replace(tmp, sub / f"{name}.parquet")
+        except BaseException:               # a signal or a full disk: no half file left behind
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 # The run's manifest (provenance, status, cell counts), written last; one name for every reader.
@@ -114,6 +118,32 @@ def read_manifest(run_dir) -> dict:
             except ValueError as e:
                 raise ResultsError(f"{path}: not a JSON manifest ({e})") from None
     return {}
+
+
+def read_manifest(run_dir) -> dict:
+    """A run's manifest ({} when it has none); a manifest that is not a JSON object is refused."""
+    path = Path(run_dir) / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ResultsError(f"{path}: not a readable run manifest (expected JSON): {e}") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: not a run manifest (expected a JSON object, got {type(data).__name__})")
+    return data
+
+
+def write_manifest(run_dir, manifest: dict) -> None:
+    """Write the manifest atomically (a temporary file renamed into place)."""
+    path = Path(run_dir) / MANIFEST_NAME
+    tmp = path.with_name(f".{MANIFEST_NAME}.tmp")
+    try:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def latest_run(results) -> Path:
@@ -135,7 +165,11 @@ def run_directory(path, run: str | None = None) -> Path:
     root = Path(path)
     if not root.exists():
         raise ResultsError(f"no results at {root}")
+    if not root.is_dir():
+        raise ResultsError(f"{root}: a file, not a results folder (expected a folder of runs or a run)")
     if run is not None:
+        if not run or run in (".", "..") or "/" in run or "\\" in run:
+            raise ResultsError(f"run {run!r}: not a run id (expected the name of a run folder under {root})")
         if not (root / run).is_dir():
             known = sorted(p.name for p in root.iterdir() if p.is_dir())
             raise ResultsError(f"no run {run!r} under {root} (runs there: {', '.join(known) or 'none'})")
@@ -151,7 +185,11 @@ def read_results(path, run: str | None = None, **filters) -> pa.Table:
     if not files:
         raise ResultsError(f"{root}: no result files")
     for f in files:
-        version = (pq.read_schema(f).metadata or {}).get(b"schema_version", b"").decode()
+        try:
+            schema = pq.read_schema(f)
+        except (OSError, pa.ArrowException) as e:
+            raise ResultsError(f"{f}: not a readable Parquet file: {e}") from None
+        version = (schema.metadata or {}).get(b"schema_version", b"").decode()
         if version != SCHEMA_VERSION:
             raise ResultsError(f"{f}: results schema version {version!r}; this reader knows {SCHEMA_VERSION!r}")
     part = ds.partitioning(pa.schema([SCHEMA.field(p) for p in PARTITIONS]), flavor="hive")

@@ -80,14 +80,20 @@ def write_trace(path, rows: list[tuple], board: Board, specs: list[DomainSpec], 
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    try:
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+    except BaseException:                   # e.g. path is a folder: no stray .tmp beside it
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
 def read_trace(path) -> tuple[dict, Board, list[DomainSpec], dict]:
     """Read and validate a trace: (columns as numpy arrays / lists, board, domain specs, host settings)."""
     path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"{path}: no such trace file (expected a Parquet trace)")
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as e:
@@ -128,6 +134,8 @@ def _validate(path: Path, cols: dict, board: Board, ndomains: int) -> None:
 
     devices = {m.name for m in board.masters}
     op, dom, step = cols["op"], cols["domid"], cols["step"]
+    if ndomains == 0:
+        raise TraceError(f"{path}: the metadata lists no domain (expected dom0 at least)")
     next_step = np.zeros(ndomains, np.int64)
     opened = np.zeros(ndomains, bool)
     for r in range(len(op)):
@@ -160,3 +168,7 @@ def _validate(path: Path, cols: dict, board: Board, ndomains: int) -> None:
                 fail(r, "frames beyond a 48-bit address space", (int(cols["gfn"][r]), int(cols["count"][r])))
         elif op[r] in ("assign", "deassign") and cols["device"][r] not in devices:
             fail(r, f"device not on board {board.name}", cols["device"][r])
+    silent = np.flatnonzero(next_step == 0)
+    if len(silent):                            # a domain without a step never boots: nothing to replay
+        raise TraceError(f"{path}: domain {int(silent[0])} has no step row (got {len(op)} rows for "
+                         f"{ndomains} domains; expected at least one step per domain)")

@@ -10,7 +10,7 @@ import pytest
 from iommu_core.results import MANIFEST_NAME, SCHEMA_VERSION, ResultsError, read_results
 from iommu_core.sweep.grid import SweepError, load_sweep
 from iommu_core.sweep.progress import Quiet
-from iommu_core.sweep.runner import _check_address, run_sweep
+from iommu_core.sweep.runner import SweepStopped, _check_address, run_sweep
 
 SMALL = """
 [sweep]
@@ -46,7 +46,10 @@ def test_a_small_sweep_end_to_end(tmp_path):
     schema = pq.read_schema(next(run_dir.rglob("*.parquet")))
     assert schema.metadata[b"schema_version"].decode() == SCHEMA_VERSION
     prov = json.loads(schema.metadata[b"provenance"])
-    assert {"package_version", "git_commit", "host", "ray_cpus", "workers", "sweep_file", "seeds", "start"} <= set(prov)
+    assert {"package_version", "git_commit", "host", "ray_cpus", "workers", "sweep_file", "sweep_sha256",
+            "seed_count", "start"} <= set(prov)
+    assert prov["seed_count"] == 2 and "seeds" not in prov              # the seed list is not repeated per file
+    assert manifest["sweep_definition"]["toml"] == SMALL and manifest["sweep_definition"]["sha256"] == sweep.sha256
     slow = read_results(run_dir, costs="slow", policy="eager").to_pylist()
     fast = read_results(run_dir, costs="default", policy="eager").to_pylist()
     assert max(r["boot_ns"] for r in slow if r["status"] == "ok") > max(r["boot_ns"] for r in fast
@@ -152,7 +155,10 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_run(tmp_path):
         def update(self, done, failed, eta_s):      # called after each task's rows are on disk
             raise KeyboardInterrupt
 
-    run_dir = run_sweep(sweep, tmp_path / "runs", workers=2, progress=InterruptAfterFirstResult)
+    with pytest.raises(SweepStopped) as stopped:
+        run_sweep(sweep, tmp_path / "runs", workers=2, progress=InterruptAfterFirstResult)
+    assert stopped.value.exit_code == 130
+    run_dir = stopped.value.run_dir
     manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
     assert manifest["status"] == "interrupted" and 0 < manifest["cells_done"] < 16
     assert not list(run_dir.rglob("*.tmp"))
@@ -181,3 +187,16 @@ def test_the_eta_counts_each_scenario_at_its_own_mean():
     done = [{"cell": cells[0].key, "cell_wall_s": 10.0}, {"cell": cells[0].key, "cell_wall_s": 10.0}]
     assert eta.after(done) == pytest.approx((3 * 10 + 4 * 10) / 2)       # small not seen: the mean of all
     assert eta.after([{"cell": cells[4].key, "cell_wall_s": 1.0}]) == pytest.approx((3 * 10 + 3 * 1) / 2)
+
+
+def test_provenance_is_small_and_the_same_size_whatever_the_seed_count(tmp_path):
+    from iommu_core.sweep.runner import provenance
+    sizes = []
+    for n in (2, 10_000):
+        (tmp_path / "s.toml").write_text(f"[sweep]\nname = 'many'\nscenarios = ['small-h3']\npolicies = ['eager']\n"
+                                         f"apis = ['batched']\nseeds = {list(range(n))}\n")
+        sweep = load_sweep(tmp_path / "s.toml")
+        prov = provenance(sweep, "run", "attempt", "2026-01-01T00:00:00+00:00", 1, 2, 2)
+        assert prov["seed_count"] == n and len(prov["sweep_sha256"]) == 64
+        sizes.append(len(json.dumps(prov)))
+    assert sizes[1] - sizes[0] <= 4 and sizes[1] < 1024       # 2 -> 10000: four more digits, no list

@@ -6,6 +6,7 @@ descriptors from physical address `base`, the root first.
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -61,14 +62,33 @@ def _format_from(manifest: dict, where: Path) -> Format:
 def load_image(cls, path):
     """Rebuild a PageTable from an exported image, checking every table pointer."""
     bin_path, json_path = _paths(path)
-    manifest = json.loads(json_path.read_text())
-    fmt = _format_from(manifest, json_path)
+    try:
+        manifest = json.loads(json_path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{json_path}: not a readable image manifest (expected JSON): {e}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{json_path}: not an image manifest (expected a JSON object, got "
+                         f"{type(manifest).__name__})")
+    if "base" not in manifest:
+        raise ValueError(f"{json_path}: manifest lacks the key 'base'")
+    try:
+        fmt = _format_from(manifest, json_path)
+        base = int(manifest["base"])
+    except (TypeError, ValueError) as e:
+        if str(e).startswith(str(json_path)):
+            raise
+        raise ValueError(f"{json_path}: a bad value in the manifest: {e}") from None
     if manifest.get("root", manifest["base"]) != manifest["base"]:
         raise ValueError(f"{json_path}: the root must sit at the image base")
+    if not bin_path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "no such image file", str(bin_path))
     raw = np.fromfile(bin_path, dtype="<u8")
-    if len(raw) % ENTRIES or len(raw) < fmt.root_tables * ENTRIES:
-        raise ValueError(f"{bin_path}: {len(raw) * 8} bytes is not a whole number of tables holding the root")
-    table = cls(fmt, base=int(manifest["base"]), reclaim=bool(manifest.get("reclaim", False)))
+    if bin_path.stat().st_size != raw.nbytes or len(raw) % ENTRIES or len(raw) < fmt.root_tables * ENTRIES:
+        raise ValueError(f"{bin_path}: {bin_path.stat().st_size} bytes is not a whole number of tables holding "
+                         f"the root")
+    table = cls(fmt, base=base, reclaim=bool(manifest.get("reclaim", False)))
     pool = table.pool
     npages = len(raw) // ENTRIES
     if npages > len(pool.mem):

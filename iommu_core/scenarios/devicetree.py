@@ -45,7 +45,11 @@ Reading rules
   (two masters, or MMIO and RAM).
 - Board: name = `name` or the file's stem ("h3.dts" -> "h3"); ipmmu_contexts and
   reserved_contexts come from the arguments (a tree does not say them).
-- Errors: a missing or unreadable file, a tree fdt cannot parse, a `reg` whose
+- Whole trees only: a .dts must close every comment, string, `{` (with `};`), `<`
+  and `[` before the file ends; a .dtb's header sizes must fit the file and its
+  structure block must run from FDT_BEGIN_NODE to FDT_END (fdt's parser would take
+  the first part of a cut file, or fail with an IndexError).
+- Errors: a missing or unreadable file, a tree that is not whole, a tree fdt cannot parse, a `reg` whose
   length is not a whole number of (address + size) cells, a `reg` outside its
   bus's ranges, no memory node, or a Board that refuses the result: ValueError
   naming the file and the node path.
@@ -153,6 +157,127 @@ def _all_nodes(root):
 
 # --- reading --------------------------------------------------------------------------------
 
+_FDT_BEGIN_NODE, _FDT_END = 0x1, 0x9
+_HEADER = struct.Struct(">10I")       # magic, totalsize, off_dt_struct, off_dt_strings, off_mem_rsvmap,
+                                      # version, last_comp_version, boot_cpuid_phys, size_dt_strings, size_dt_struct
+
+
+def _check_dtb(data: bytes, path: Path) -> None:
+    """A blob is whole before fdt reads it: header sizes within the file, a structure block that starts
+    with a node and ends with FDT_END (fdt's parser reads past a truncated end with an IndexError)."""
+    def bad(what):
+        return ValueError(f"{path}: cannot parse the device tree (node /): not a whole blob: {what}")
+    if len(data) < _HEADER.size:
+        raise bad(f"{len(data)} bytes, shorter than the {_HEADER.size}-byte header")
+    (magic, total, off_struct, off_strings, off_rsv, version, _, _, size_strings,
+     size_struct) = _HEADER.unpack_from(data)
+    if magic != 0xD00DFEED:
+        raise bad(f"magic {magic:#010x} (expected 0xd00dfeed)")
+    if total > len(data):
+        raise bad(f"the header says {total} bytes, the file has {len(data)} (truncated?)")
+    if version < 16:
+        raise bad(f"version {version} (expected 16 or later)")
+    if version < 17:
+        size_struct = total - off_struct          # version 16 does not give the size
+    for name, off, size in (("memory reservation block", off_rsv, 16), ("structure block", off_struct, size_struct),
+                            ("strings block", off_strings, size_strings)):
+        if off < _HEADER.size or off + size > total:
+            raise bad(f"the {name} [{off}, {off + size}) lies outside the blob's {total} bytes")
+    if size_struct < 8 or size_struct % 4:
+        raise bad(f"a structure block of {size_struct} bytes (expected a whole number of 4-byte tokens)")
+    first, = struct.unpack_from(">I", data, off_struct)
+    last, = struct.unpack_from(">I", data, off_struct + size_struct - 4)
+    if first != _FDT_BEGIN_NODE or (version >= 17 and last != _FDT_END):
+        raise bad(f"the structure block starts with token {first:#x} and ends with {last:#x} "
+                  f"(expected FDT_BEGIN_NODE {_FDT_BEGIN_NODE:#x} ... FDT_END {_FDT_END:#x})")
+
+
+def _check_dts(text: str, path: Path) -> None:
+    """The text is one whole tree: comments and strings closed, braces balanced, every `}` followed by `;`,
+    every `<` closed by `>` and `[` by `]` before the statement ends, and nothing left open at the end.
+    fdt's parser accepts a file cut in half, or a `}` without its `;`, and silently drops the rest."""
+    def bad(line, what):
+        return ValueError(f"{path}: cannot parse the device tree: line {line}: {what}")
+    stack: list[tuple[str, int]] = []          # open '{', '<', '[' with their lines
+    line, i, n, last = 1, 0, len(text), ""
+    closers = {"{": "}", "<": ">", "[": "]"}
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            if end < 0:
+                raise bad(line, "a comment /* is never closed (expected */)")
+            line += text.count("\n", i, end)
+            i = end + 2
+            continue
+        elif text.startswith("//", i):
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif c == '"' or (c == "'" and stack and stack[-1][0] == "<"):
+            j = i + 1
+            while j < n and text[j] != c:
+                if text[j] == "\n":
+                    raise bad(line, f"a string opened with {c} is not closed on its line (expected {c})")
+                j += 2 if text[j] == "\\" else 1
+            if j >= n:
+                raise bad(line, f"a string opened with {c} is never closed (expected {c})")
+            i, last = j + 1, c
+            continue
+        elif stack and stack[-1][0] == "<":           # inside a cell list: ( ) nest, > closes it
+            if text.startswith("&{", i):                # a path reference, <&{/soc/node}>
+                end = text.find("}", i)
+                if end < 0 or "\n" in text[i:end]:
+                    raise bad(line, "a path reference &{ is not closed on its line (expected })")
+                i = end + 1
+                continue
+            if c == "(":
+                stack.append(("(", line))
+            elif c == ">":
+                stack.pop()
+            elif c in ";{}":
+                raise bad(line, f"{c!r} inside the cell list opened with '<' at line {stack[-1][1]} "
+                                f"(expected '>' first)")
+        elif stack and stack[-1][0] == "(":
+            if c == "(":
+                stack.append(("(", line))
+            elif c == ")":
+                stack.pop()
+            elif c in ";{}":
+                raise bad(line, f"{c!r} inside the '(' opened at line {stack[-1][1]} (expected ')' first)")
+        elif stack and stack[-1][0] == "[":
+            if c == "]":
+                stack.pop()
+            elif c in ";{}<":
+                raise bad(line, f"{c!r} inside the byte string opened with '[' at line {stack[-1][1]} "
+                                f"(expected ']' first)")
+        elif c in "{<[":
+            stack.append((c, line))
+        elif c == "}":
+            if not stack:
+                raise bad(line, "'}' without a '{' to close")
+            stack.pop()
+            j = i + 1
+            while j < n and text[j] in " \t\r\n":
+                j += 1
+            if j >= n or text[j] != ";":
+                raise bad(line, f"'}}' not followed by ';' (expected '}};' to end the node; got "
+                                f"{text[j:j + 10]!r})")
+        elif c in ">])":
+            raise bad(line, f"{c!r} without an opening bracket")
+        if not c.isspace():
+            last = c
+        i += 1
+    if stack:
+        kind, opened = stack[-1]
+        raise bad(line, f"the file ends inside the {kind!r} opened at line {opened} (expected "
+                        f"{closers.get(kind, ')')!r}: is the file cut short?)")
+    if last not in ("", ";"):
+        raise bad(line, f"the file ends with {last!r} (expected ';' after the last statement)")
+
+
 def _load(path: Path):
     try:
         data = path.read_bytes()
@@ -162,12 +287,22 @@ def _load(path: Path):
         raise ValueError(f"{path}: cannot read the device tree (node /): {e}") from None
     try:
         if data.startswith(FDT_MAGIC) or path.suffix in (".dtb", ".dtbo"):
+            _check_dtb(data, path)
             tree = fdt.parse_dtb(data)
         else:
-            text = data.decode("utf-8")
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: neither a device tree blob (no magic 0xd00dfeed) nor UTF-8 .dts "
+                                 f"text (byte {e.start} is {data[e.start]:#04x})") from None
             if re.search(r"^\s*#include\b", text, flags=re.MULTILINE):
                 raise ValueError("#include is not supported: preprocess with cpp or compile with dtc")
+            _check_dts(text, path)
             tree = fdt.parse_dts(text, root_dir=str(path.parent))
+    except ValueError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: cannot parse the device tree (node /): {e}") from None
     except Exception as e:  # noqa: BLE001 -- fdt raises bare Exception, AssertionError, struct.error, ...
         raise ValueError(f"{path}: cannot parse the device tree (node /): {type(e).__name__}: {e}") from None
     if tree.root is None:

@@ -161,14 +161,20 @@ def load_scenario(path_or_name: str, seed: int = 0) -> Scenario:
         path = ships[text]
     else:
         path = Path(text)
-        if not path.is_file():
-            raise ScenarioError(f"{text}: file: no such scenario file, nor a shipped scenario "
-                                f"({', '.join(ships)}) (got {text!r})")
+        if path.is_dir():
+            raise ScenarioError(f"{text}: a directory, not a scenario file (expected a .toml file or a "
+                                f"shipped scenario: {', '.join(ships)})")
+        if not path.is_file():                  # the value once: it is the file name too
+            raise ScenarioError(f"{text}: no such scenario file, nor a shipped scenario ({', '.join(ships)})")
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{path}: TOML: {e} (got a file that is not TOML)") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{path}: not a text file (expected UTF-8 TOML)") from None
+    except OSError as e:
+        raise ScenarioError(f"{path}: cannot read the scenario file: {e.strerror}") from None
     return _Reader(str(path), seed).read(data)
 
 

@@ -7,7 +7,9 @@ format), so a sweep need not run the full product to cover a side question.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from ..xen.iommu import APIS
 AXES = ("scenarios", "policies", "apis", "formats", "p2m_formats", "seeds")
 SWEEP_KEYS = {"name", "check", *AXES}
 DEFAULT = Path(__file__).parent / "default.toml"
+MAX_CELLS = 20_000          # a bigger grid is refused unless the caller raises the limit (--max-cells)
 
 
 class SweepError(ValueError):
@@ -48,18 +51,44 @@ class Sweep:
     file: str
     cells: tuple[Cell, ...]
     costs: dict            # variant name -> overrides
+    sha256: str = ""       # of the sweep file's text ("" for a sweep made in code)
+    text: str = ""         # the sweep file's text: the whole definition, stored in the run's manifest
 
 
-def load_sweep(path=None) -> Sweep:
+def sweep_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_sweep(path=None, max_cells: int | None = MAX_CELLS) -> Sweep:
+    """The sweep in a file (default: the project's default sweep); more than `max_cells` cells
+    (None: no limit) is refused."""
     path = Path(path) if path else DEFAULT
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SweepError(f"{path}: no such sweep file") from None
+    except IsADirectoryError:
+        raise SweepError(f"{path}: a directory, not a sweep file (expected a .toml file)") from None
+    except OSError as e:
+        raise SweepError(f"{path}: cannot read the sweep file: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SweepError(f"{path}: not a text file (byte {e.start} is {raw[e.start]:#04x}; expected UTF-8 "
+                         f"TOML)") from None
+    return sweep_from_text(text, path, max_cells)
+
+
+def sweep_from_text(text: str, path, max_cells: int | None = MAX_CELLS) -> Sweep:
+    """The sweep a file's text defines; `path` names it in errors and anchors relative scenario files
+    (a run's manifest keeps both, so --resume rebuilds the very sweep it started with)."""
+    path = Path(path)
 
     def fail(key, what, value):
         return SweepError(f"{path}: {key}: {what} (got {value!r})")
 
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise SweepError(f"{path}: no such sweep file") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SweepError(f"{path}: not valid TOML: {e}") from None
     unknown = sorted(set(data) - {"sweep", "costs", "extra"})
@@ -71,6 +100,9 @@ def load_sweep(path=None) -> Sweep:
     unknown = sorted(set(sw) - SWEEP_KEYS)
     if unknown:
         raise fail(f"sweep.{unknown[0]}", f"unknown key; known: {', '.join(sorted(SWEEP_KEYS))}", sw[unknown[0]])
+    name = sw.get("name", path.stem)
+    if not isinstance(name, str) or not name.strip():
+        raise fail("sweep.name", "must be a non-empty string", name)
     check = sw.get("check", False)
     if not isinstance(check, bool):
         raise fail("sweep.check", "must be true or false", check)
@@ -94,13 +126,23 @@ def load_sweep(path=None) -> Sweep:
         if unknown:
             raise fail(f"extra[{i}].{unknown[0]}", f"unknown key; known: {', '.join(AXES)}", extra[unknown[0]])
         grids.append({**base, **_axes(extra, f"extra[{i}]", path, fail, defaults=False)})
+    # Count before expanding: a grid of millions of cells is refused, not built.
+    bound = len(costs) * sum(math.prod(len(g[a]) for a in AXES) for g in grids)
+    if max_cells is not None and bound > 4 * max_cells:
+        raise _too_many(path, bound, max_cells)
     cells = dict.fromkeys(Cell(s, p, a, f, pf, c, seed, check)     # in order, each cell once
                           for g in grids
                           for s, p, a, f, pf, c, seed in itertools.product(
                               g["scenarios"], g["policies"], g["apis"], g["formats"], g["p2m_formats"],
                               list(costs), g["seeds"]))
-    name = sw.get("name", path.stem)
-    return Sweep(name=name, file=str(path), cells=tuple(cells), costs=costs)
+    if max_cells is not None and len(cells) > max_cells:
+        raise _too_many(path, len(cells), max_cells)
+    return Sweep(name=name, file=str(path), cells=tuple(cells), costs=costs, sha256=sweep_hash(text), text=text)
+
+
+def _too_many(path: Path, n: int, max_cells: int) -> SweepError:
+    return SweepError(f"{path}: a grid of {n:,} cells, more than the limit of {max_cells:,}; raise the limit "
+                      f"with --max-cells {n} if you mean it")
 
 
 def _axes(table: dict, where: str, path: Path, fail, defaults: bool = True) -> dict:
@@ -129,7 +171,8 @@ def _axes(table: dict, where: str, path: Path, fail, defaults: bool = True) -> d
         try:
             load_scenario(s)
         except ScenarioError as e:
-            raise fail(f"{where}.scenarios", f"cannot load: {e}", s) from None
+            # the scenario's own message names the value already
+            raise SweepError(f"{path}: {where}.scenarios: cannot load: {e}") from None
     if any(s < 0 for s in axes.get("seeds", ())):
         raise fail(f"{where}.seeds", "seeds must be >= 0", axes["seeds"])
     return axes
