@@ -20,8 +20,13 @@ def _shipped() -> list[str]:
     return sorted(shipped())
 
 
+# "all": the IPMMU's two formats and the P2M at the size the IPMMU shares and at 48 bits (the other
+# P2M sizes are Xen's per-CPU geometry, whose small outputs cannot hold every host's frames).
+ALL_TABLE_FORMATS = ["ipmmu-s1-32", "ipmmu-s1-39", "p2m-s2-40", "p2m-s2-48"]
+
+
 def _formats(value: str) -> list[Format]:
-    names = sorted(PRESETS) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    names = ALL_TABLE_FORMATS if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
     try:
         return [Format.preset(n) for n in names]
     except ValueError as e:
@@ -405,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="host allocation unit in KiB: 4 for a fragmented host, 2048 for 2 MiB superpages, "
                         "1048576 for 1 GiB (default 2048)")
     t.add_argument("--formats", type=_formats, default=_formats("all"),
-                   help=f"comma-separated presets or 'all' (default): {', '.join(sorted(PRESETS))}")
+                   help=f"comma-separated presets ({', '.join(sorted(PRESETS))}) or 'all' (default): "
+                        f"{', '.join(ALL_TABLE_FORMATS)}")
     t.add_argument("--leaf", choices=["auto", "4k", "both"], default="both",
                    help="auto: largest aligned leaf; 4k: pages only; both (default)")
     t.add_argument("--seed", type=int, default=0, help="seed of the host chunk order (default 0)")

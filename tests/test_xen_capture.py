@@ -105,6 +105,7 @@ def test_counters_have_every_dump_and_dom0_boot_is_exact(capture):
     assert {k: int(booted[k]) for k in DOM0_BOOTED} == DOM0_BOOTED
 
 
+@pytest.mark.slow
 def test_validate_agrees_with_the_live_capture(capture, capsys):
     # The model replays the live run's own calls: every q dump it made must come out the same.
     from iommu_core.cli import main

@@ -169,7 +169,7 @@ def unmap_one(pt, iova, npages) -> dict | None:
     op = OpAccount()
     for page, a, b in work:
         row = pt.pool.mem[page, a:b]
-        n = np.count_nonzero(row)
+        n = int(np.count_nonzero(row))
         if not n:
             continue
         if n == b - a:                                     # all live: every line in the range
