@@ -23,7 +23,7 @@ def write(tmp_path, text, name="s.toml"):
 
 
 def test_shipped_names():
-    assert set(shipped()) == {"h3", "h3-fleet", "m3w", "server", "small-h3"}
+    assert set(shipped()) == {"h3", "h3-fleet", "m3w", "qemu-virt", "server", "small-h3"}
     assert all(p.is_file() and p.suffix == ".toml" for p in shipped().values())
 
 

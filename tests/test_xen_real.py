@@ -9,7 +9,7 @@ import pytest
 from iommu_core.cli import main
 from iommu_core.scenarios.devicetree import board_from_devicetree
 from iommu_core.scenarios.files import DATA, load_scenario, resolve_p2m_format
-from iommu_core.xen.dom0 import allocate_memory_11
+from iommu_core.xen.dom0 import allocate_memory_11, xen_held
 from iommu_core.xen.geometry import p2m_format_for
 from iommu_core.xen.host import Host
 from iommu_core.xenlog import CallLogError, read_call_log, read_counters, replay_counters
@@ -57,7 +57,7 @@ def test_dom0_maps_every_device_tree_range_as_xen_did(log):
 def test_allocate_memory_11_places_dom0_where_xen_did(log):
     board = board_from_devicetree(DATA / "qemu-virt.dtb")
     ram = (np.array(log.phase) == "dom0-build") & (log.type == 1)
-    assert allocate_memory_11(board.ram_banks, board.boot_reserved, GIB) == \
+    assert allocate_memory_11(board.ram_banks, xen_held(board.ram_banks, board.boot_modules), GIB) == \
         list(zip(log.gfn[ram].tolist(), log.nr[ram].tolist()))
 
 

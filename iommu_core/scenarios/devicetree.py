@@ -517,14 +517,14 @@ def board_from_devicetree(path, name: str | None = None, contexts: int = 8, rese
             raise ValueError(f"{r._where(node)}: {e}") from None
     held = _merge([(rg.base, rg.end) for m in masters for rg in m.regions])
     other_regions = tuple(MmioRegion(b, e - b) for b, e in _cut(_merge(other), held))
-    from .xen_dom0 import boot_reserved, cpu_pa_bits, dom0_mmio_calls
+    from .xen_dom0 import boot_modules, cpu_pa_bits, dom0_mmio_calls
 
     banks = sorted(banks)
     try:
         return Board(name=name or path.stem, ram_banks=tuple(banks), masters=tuple(masters),
                      other_mmio=other_regions, ipmmu_contexts=contexts, reserved_contexts=reserved,
                      ipmmus=max(1, len(r.mains)), dom0_mmio=tuple(dom0_mmio_calls(tree.root)),
-                     pa_bits=cpu_pa_bits(tree.root), boot_reserved=tuple(boot_reserved(tree.root, banks)))
+                     pa_bits=cpu_pa_bits(tree.root), boot_modules=tuple(boot_modules(tree.root)))
     except ValueError as e:
         raise ValueError(f"{path}: node /: {e}") from None
 

@@ -10,15 +10,12 @@
   call per range of PFN_UP(size) pages from the range's first frame, as
   mmio_direct_c, in tree order.
 - The CPU's physical address size, from the first CPU's compatible (geometry.CPU_PA_BITS).
-- What Xen holds when it builds dom0: the /chosen boot modules, its own image (QEMU
-  loads it 2 MiB above the first RAM bank: the capture's grant-table frame sits
-  there, find_gnttab_region uses Xen's text) and its boot-time heap at the top of
-  RAM below 4 GiB (2 MiB: a design assumption; Xen allocates its heap top-down).
+- The boot modules Xen holds when it builds dom0 (/chosen's multiboot,module nodes);
+  its own image and heap are added for every board (xen/dom0.py).
 """
 
 from __future__ import annotations
 
-from ..xen.dom0 import XEN_IMAGE_OFFSET
 from ..xen.geometry import CPU_PA_BITS
 from .devicetree import (
     DEFAULT_ADDRESS_CELLS,
@@ -38,8 +35,6 @@ SKIP_COMPATIBLE = ("xen,xen", "xen,multiboot-module", "multiboot,module", "arm,p
                    "arm,armv8-pmuv3", "arm,armv7-timer-mem",
                    # DT_MATCH_TIMER
                    "arm,armv7-timer", "arm,armv8-timer")
-XEN_IMAGE_SIZE = 2 * MIB              # assumption: Xen's image and its boot data
-XEN_HEAP_TOP = 2 * MIB                # assumption: Xen's boot-time heap at the top of low RAM
 GIC_COMPATIBLE = ("arm,gic-v3", "arm,gic-400", "arm,cortex-a15-gic", "arm,cortex-a9-gic", "arm,gic-v2")
 PPI = 1                               # the GIC binding's first interrupt cell: 1 is a PPI
 
@@ -109,8 +104,8 @@ def cpu_pa_bits(root) -> int | None:
     return None
 
 
-def boot_reserved(root, ram_banks) -> list[tuple[int, int]]:
-    """(base, size) of RAM Xen holds when it builds dom0 (module docstring)."""
+def boot_modules(root) -> list[tuple[int, int]]:
+    """(base, size) of the boot modules /chosen lists (the kernel and ramdisk Xen loads for dom0)."""
     out = []
     chosen = next((n for n in root.nodes if n.name == "chosen"), None)
     for mod in (chosen.nodes if chosen is not None else []):
@@ -123,10 +118,4 @@ def boot_reserved(root, ram_banks) -> list[tuple[int, int]]:
             cells = _cells(mod, "reg", _path(mod))
             if len(cells) >= ac + sc:
                 out.append((_join(cells[:ac]), _join(cells[ac:ac + sc])))
-    if ram_banks:
-        out.append((ram_banks[0][0] + XEN_IMAGE_OFFSET, XEN_IMAGE_SIZE))
-        low = [(b, z) for b, z in ram_banks if b < 1 << 32]
-        if low:
-            top = min(low[-1][0] + low[-1][1], 1 << 32)
-            out.append((top - XEN_HEAP_TOP, XEN_HEAP_TOP))
     return out

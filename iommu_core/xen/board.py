@@ -112,8 +112,8 @@ class Board:
     # region of the board above, one batch.
     dom0_mmio: tuple[tuple[int, int], ...] = ()
     pa_bits: int | None = None                      # the CPU's physical address size, if known
-    # RAM Xen holds when it builds dom0 (its image, boot modules, its heap), (base, size).
-    boot_reserved: tuple[tuple[int, int], ...] = ()
+    # The boot modules (dom0's kernel and ramdisk) Xen holds when it builds dom0, (base, size).
+    boot_modules: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -161,9 +161,9 @@ class Board:
         object.__setattr__(self, "dom0_mmio", tuple(
             (checked_int(f"board {self.name}: dom0 MMIO frame", g, 0),
              checked_int(f"board {self.name}: dom0 MMIO pages", c, 1)) for g, c in self.dom0_mmio))
-        object.__setattr__(self, "boot_reserved", tuple(
-            (checked_int(f"board {self.name}: reserved base", b, 0),
-             checked_int(f"board {self.name}: reserved size", z, 1)) for b, z in self.boot_reserved))
+        object.__setattr__(self, "boot_modules", tuple(
+            (checked_int(f"board {self.name}: boot module base", b, 0),
+             checked_int(f"board {self.name}: boot module size", z, 1)) for b, z in self.boot_modules))
         if self.pa_bits is not None:
             object.__setattr__(self, "pa_bits", checked_int(f"board {self.name}: pa_bits", self.pa_bits, 32))
         for m in masters:

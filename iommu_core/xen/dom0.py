@@ -12,7 +12,7 @@ xen-project/xen:xen/arch/arm/domain_build.c @ RELEASE-4.17.0:
   p2m_set_entry call per block.
 
 The buddy allocator is modelled as the naturally aligned blocks of free RAM
-(RAM less what Xen holds at that point: Board.boot_reserved). Which of several
+(RAM less what Xen holds at that point: `xen_held`). Which of several
 free blocks under a limit it hands out depends on its free lists; the model
 takes the highest (alloc_heap_pages walks its zones from high to low), a
 design assumption that gives the capture's banks on the QEMU virt board.
@@ -32,6 +32,8 @@ XEN_IMAGE_OFFSET = 2 * MIB
 # Where dom0's Linux gave up a page for shared_info, pages into its first bank: the capture's
 # place (a design assumption: Linux's page allocator decides it).
 DOM0_SHARED_INFO_PAGE = 0x261C
+XEN_IMAGE_SIZE = 2 * MIB               # design assumption: Xen's image and its boot data
+XEN_HEAP_TOP = 2 * MIB                 # design assumption: Xen's boot-time heap, at the top of RAM below 4 GiB
 LOWMEM_LIMIT = 1 << 32                 # lowmem_bitsize: 32 bits
 MIN_LOW = 128 * MIB
 MIN_ANY = 4 * MIB
@@ -54,6 +56,17 @@ def _free_block(free: tuple[np.ndarray, np.ndarray], order: int, limit: int | No
     if not ok.any():
         return None
     return int(last[ok].max())
+
+
+def xen_held(ram_banks, boot_modules) -> list[tuple[int, int]]:
+    """(base, size) of RAM Xen holds when it builds dom0: the boot modules, its image (where
+    QEMU's loader puts it) and its boot-time heap (allocated top-down from below 4 GiB)."""
+    held = list(boot_modules)
+    held.append((ram_banks[0][0] + XEN_IMAGE_OFFSET, XEN_IMAGE_SIZE))
+    low = [(b, z) for b, z in ram_banks if b < LOWMEM_LIMIT]
+    if low:
+        held.append((min(low[-1][0] + low[-1][1], LOWMEM_LIMIT) - XEN_HEAP_TOP, XEN_HEAP_TOP))
+    return held
 
 
 def allocate_memory_11(ram_banks, reserved, dom0_bytes: int) -> list[tuple[int, int]]:

@@ -23,7 +23,7 @@ from ..pgtable.format import GRANULE
 from .costs import CostModel
 from .domain import DOM0_FOREIGN_GFN, POLICIES, Domain, DomainSpec
 from .iommu import APIS, SHARED_MAX_IPA_BITS, Contexts, NotApplicable
-from .dom0 import DOM0_SHARED_INFO_PAGE, XEN_IMAGE_OFFSET, allocate_memory_11
+from .dom0 import DOM0_SHARED_INFO_PAGE, XEN_IMAGE_OFFSET, allocate_memory_11, xen_held
 from .memory import MachineMemory
 from .p2m_types import DMA_PERM_BY_CODE
 
@@ -94,7 +94,8 @@ class Host:
         steps = [("create", dom0.create)]
         # Xen's allocate_memory_11 places the RAM; each block is one 1:1 p2m call.
         try:
-            blocks = allocate_memory_11(self.board.ram_banks, self.board.boot_reserved, dom0.spec.ram_bytes)
+            blocks = allocate_memory_11(self.board.ram_banks, xen_held(self.board.ram_banks, self.board.boot_modules),
+                                        dom0.spec.ram_bytes)
         except ValueError as e:
             raise ValueError(f"board {self.board.name}: {e}") from None
         mfn = np.array([b for b, _ in blocks], np.int64)
