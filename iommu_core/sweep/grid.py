@@ -129,7 +129,7 @@ def sweep_from_text(text: str, path, max_cells: int | None = MAX_CELLS) -> Sweep
     # Count before expanding: a grid of millions of cells is refused, not built.
     bound = len(costs) * sum(math.prod(len(g[a]) for a in AXES) for g in grids)
     if max_cells is not None and bound > 4 * max_cells:
-        raise _too_many(path, bound, max_cells)
+        raise _too_many(path, bound, max_cells, "up to ")
     cells = dict.fromkeys(Cell(s, p, a, f, pf, c, seed, check)     # in order, each cell once
                           for g in grids
                           for s, p, a, f, pf, c, seed in itertools.product(
@@ -140,8 +140,8 @@ def sweep_from_text(text: str, path, max_cells: int | None = MAX_CELLS) -> Sweep
     return Sweep(name=name, file=str(path), cells=tuple(cells), costs=costs, sha256=sweep_hash(text), text=text)
 
 
-def _too_many(path: Path, n: int, max_cells: int) -> SweepError:
-    return SweepError(f"{path}: a grid of {n:,} cells, more than the limit of {max_cells:,}; raise the limit "
+def _too_many(path: Path, n: int, max_cells: int, bound: str = "") -> SweepError:
+    return SweepError(f"{path}: a grid of {bound}{n:,} cells, more than the limit of {max_cells:,}; raise the limit "
                       f"with --max-cells {n} if you mean it")
 
 
