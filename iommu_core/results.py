@@ -18,7 +18,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = "2"          # 2: map_calls, unmap_calls (to pool latencies over domains)
+# 2: map_calls, unmap_calls (to pool latencies over domains); 3: Xen's own P2M counters and the
+# table's true leaves per level, and the leaves relinquish_p2m_mapping removed.
+SCHEMA_VERSION = "3"
 PARTITIONS = ("scenario", "policy", "api")
 
 
@@ -47,6 +49,12 @@ FIELDS = [
     _f("assign_refused_context", I64), _f("assign_refused_undeclared", I64),
     _f("p2m_calls", I64), _f("p2m_descriptors_written", I64), _f("p2m_tables_allocated", I64),
     _f("p2m_block_splits", I64), _f("tlb_flushes", I64),
+    _f("p2m_relinquished_leaves", I64, "leaves", "removed by relinquish_p2m_mapping at destroy"),
+    *[_f(f"p2m_mappings_{s}", I64, "leaves", f"Xen 4.17's own {s.upper()} mappings counter (debug key q)")
+      for s in ("1g", "2m", "4k")],
+    *[_f(f"p2m_shattered_{s}", I64, "blocks", f"Xen 4.17's own count of shattered {s.upper()} blocks")
+      for s in ("1g", "2m")],
+    *[_f(f"p2m_leaves_{s}", I64, "leaves", f"valid {s.upper()} leaves in the P2M") for s in ("1g", "2m", "4k")],
     _f("boot_ns", F64, "ns", "modelled"), _f("assign_ns", F64, "ns", "modelled, slowest assignment"),
     _f("teardown_ns", F64, "ns", "modelled"), _f("inv_wait_ns", F64, "ns", "modelled wait for the queue"),
     _f("map_calls", I64, doc="map calls behind map_lat_*"), _f("unmap_calls", I64, doc="unmap calls behind unmap_lat_*"),
@@ -109,20 +117,10 @@ OLD_MANIFEST_NAMES = ("run.json",)           # runs written before the rename
 
 
 def read_manifest(run_dir) -> dict:
-    """A run's manifest ({} when it has none, e.g. a run that is still going or was killed)."""
-    for name in (MANIFEST_NAME, *OLD_MANIFEST_NAMES):
-        path = Path(run_dir) / name
-        if path.exists():
-            try:
-                return json.loads(path.read_text())
-            except ValueError as e:
-                raise ResultsError(f"{path}: not a JSON manifest ({e})") from None
-    return {}
-
-
-def read_manifest(run_dir) -> dict:
-    """A run's manifest ({} when it has none); a manifest that is not a JSON object is refused."""
-    path = Path(run_dir) / MANIFEST_NAME
+    """A run's manifest ({} when it has none, e.g. a run that is still going or was killed); a
+    manifest that is not a JSON object is refused. Runs from before the rename have a run.json."""
+    path = next((Path(run_dir) / n for n in (MANIFEST_NAME, *OLD_MANIFEST_NAMES) if (Path(run_dir) / n).exists()),
+                Path(run_dir) / MANIFEST_NAME)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:

@@ -151,8 +151,9 @@ def domain_specs(log: CallLog) -> list[DomainSpec]:
         mine = (log.domid == d) & (log.type == TYPES.index("ram_rw")) \
             & np.array([p.endswith("-build") for p in log.phase])
         pages = max(int(log.nr[mine].sum()), 1)
+        # The log holds the toolstack's loads as they happened: no images for the model to load.
         specs.append(DomainSpec("dom0" if d == 0 else f"dom{d}", "dom0" if d == 0 else "guest", pages * 4096,
-                                passthrough=d == 0))
+                                passthrough=d == 0, kernel_kib=0, ramdisk_kib=0))
     return specs
 
 

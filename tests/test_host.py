@@ -36,8 +36,9 @@ def test_lazy_builds_a_table_at_first_assignment_from_the_whole_p2m():
     _, r = run("lazy")
     assert r["guest"]["iommu_table_bytes"] == 0
     hot = r["hotplug"]
-    # populate copied every DMA-visible page the P2M held: its RAM plus grant and magic pages.
-    assert hot["populate_pages"] == (256 * MIB >> 12) + 32 + 4
+    # populate copied every DMA-visible page the P2M held: its RAM (shared_info over one of its
+    # pages), the grant-table frame its Linux maps and the 4 magic pages.
+    assert hot["populate_pages"] == (256 * MIB >> 12) + 1 + 4
     assert hot["iommu_table_bytes"] > 0 and hot["assign_ns"] > r["driver"]["assign_ns"] / 10
 
 
@@ -52,7 +53,8 @@ def test_per_page_flushes_per_page_batched_per_call():
     _, pp = run("eager", "per-page")
     _, bt = run("eager", "batched")
     g_pp, g_bt = pp["guest"], bt["guest"]
-    pages = (1 << 30 >> 12) + 32 + 4 + 2 * (64 << 20 >> 12)      # RAM, grant + magic, balloon out and in
+    # RAM, the grant frame and 4 magic pages, shared_info over a RAM page, balloon out and in.
+    pages = (1 << 30 >> 12) + 1 + 4 + 1 + 2 * (64 << 20 >> 12)
     assert g_pp["invalidations"] == g_pp["calls"] == pages
     assert g_bt["invalidations"] == g_bt["calls"] < pages / 1000     # one per extent of each batch
     assert g_pp["cache_lines_cleaned"] > g_bt["cache_lines_cleaned"]
@@ -119,7 +121,8 @@ def life_cycles(draw):
         specs.append(DomainSpec(f"d{i}", "guest", ram, passthrough=draw(st.booleans()) or bool(devs),
                                 devices=devs, hotplug=hot, unplug=unplug, grant_pages=draw(st.sampled_from([0, 7, 600])),
                                 balloon_bytes=draw(st.sampled_from([0, 4 * MIB, 3 * MIB + 8192])),
-                                destroy=draw(st.booleans())))
+                                destroy=draw(st.booleans()), kernel_kib=draw(st.sampled_from([0, 1024, 4096])),
+                                ramdisk_kib=draw(st.sampled_from([0, 964]))))
     return specs
 
 
@@ -144,7 +147,8 @@ def test_contexts_are_per_main_ipmmu():
     b = board("server", ram_gib=8, functions=32)
     on_first = [m.name for m in b.masters if m.main_ipmmu == 0]          # 8 functions behind IPMMU 0
     specs = [DomainSpec("dom0", "dom0", 256 * MIB, passthrough=True)] + [
-        DomainSpec(f"d{i}", "driver", 32 * MIB, passthrough=True, devices=(name,)) for i, name in enumerate(on_first)]
+        DomainSpec(f"d{i}", "driver", 32 * MIB, passthrough=True, devices=(name,), kernel_kib=1024)
+        for i, name in enumerate(on_first)]
     host, r = run("eager", specs=specs, b=b)
     # 7 usable contexts on IPMMU 0 for 8 domains, though the other IPMMUs have room.
     assert sum(x["assign_refused_context"] for x in r.values()) == 1
@@ -183,8 +187,9 @@ def test_h3_dom0_maps_its_memory_and_the_board_mmio_not_passed_through():
     dom0 = host.domains[0]
     ext = dom0.p2m.entries()
     from iommu_core.xen.p2m_types import CODE
-    ram = int(ext.npages[ext.sw == CODE["ram_rw"]].sum())
-    # Its RAM, plus the grant-table frame its Linux maps into Xen's image (shared_info replaces a page).
+    ram = int(ext.npages[(ext.sw == CODE["ram_rw"]) | (ext.sw == CODE["grant_map_rw"])].sum())
+    # Its RAM (where the consoled and xenstored grant-map rings, those pages), plus the grant-table
+    # frame its Linux maps into Xen's image (shared_info replaces a page).
     assert ram * 4096 == small.dom0_mem + 4096
     passed = {n for s in small.specs[1:] for n in (*s.devices, *s.hotplug)}
     want = {(r.base >> 12, -(-r.size >> 12)) for m in small.board.masters if m.name not in passed for r in m.regions}

@@ -122,3 +122,55 @@ def test_an_imported_log_replays_under_a_policy(tmp_path, capsys):
 def test_validate_compares_the_capture_call_by_call(capsys):
     assert main(["validate", str(CAPTURE)]) == 0
     assert "20 of 20 counters the same" in capsys.readouterr().out
+
+
+def _calls_by_domain_and_type(rows):
+    from collections import Counter
+    out = Counter()
+    for r in rows:
+        if r[5] == "update":
+            out[(r[6], r[10])] += 1
+    return out
+
+
+def test_the_qemu_virt_scenario_boots_as_the_capture_did(log):
+    """Per domain and type, the synthetic boot makes the capture's calls within 2 % (the domU's
+    exactly), and ends with Xen's counters of the domU running (shared/xen-real, seq 33361-2)."""
+    from iommu_core.xen.p2m_types import TYPES
+    from iommu_core.xen.trace import Recorder
+    sc = load_scenario("qemu-virt")
+    host = Host(sc.board, sc.host_config(policy="eager", api="batched"))
+    host.recorder = Recorder()
+    records = {r["domid"]: r for r in host.run(list(sc.specs))}
+    model = _calls_by_domain_and_type(host.recorder.rows)
+    real = {}
+    for d, t in zip(log.domid.tolist(), log.type.tolist()):
+        real[(d, TYPES[t])] = real.get((d, TYPES[t]), 0) + 1
+    assert set(model) == set(real)
+    for key, n in real.items():
+        if key[0] == 1:
+            assert model[key] == n, key
+        else:
+            assert abs(model[key] - n) <= 0.02 * n, (key, model[key], n)
+    want = {0: (512, 0, 683, 21, 203_271), 1: (0, 0, 127, 1, 516)}
+    for d, counts in want.items():
+        r = records[d]
+        got = tuple(r[f"p2m_{k}"] for k in ("mappings_1g", "shattered_1g", "mappings_2m", "shattered_2m",
+                                            "mappings_4k"))
+        assert got == counts, d
+    assert records[1]["destroyed"] and records[1]["p2m_relinquished_leaves"] == 127 + 517
+
+
+def test_with_unpopulated_alloc_dom0_balloons_nothing():
+    from iommu_core.xen.trace import Recorder
+    sc = load_scenario("qemu-virt")
+    host = Host(sc.board, sc.host_config(policy="shared", api="batched", dom0_unpopulated_alloc=True))
+    host.recorder = Recorder()
+    records = {r["domid"]: r for r in host.run(list(sc.specs))}
+    model = _calls_by_domain_and_type(host.recorder.rows)
+    # Only the foreign mappings and their removal: no decrease_reservation, no populate_physmap.
+    loaded = model[(0, "map_foreign_rw")]
+    assert loaded == 8046 + 241 + 1 + 4 + 1 and model[(0, "ram_rw")] == 2 + 2
+    assert model[(0, "invalid")] == loaded + 2
+    # Nothing of dom0's RAM is shattered but the page shared_info took.
+    assert records[0]["p2m_shattered_2m"] == 1

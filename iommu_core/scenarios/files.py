@@ -16,6 +16,9 @@ Format (every table and key below; anything else is an error)::
     pa_bits = 44                 # default: the board's CPU (a device tree's cpu compatible),
                                  # else none; the P2M's geometry then follows Xen 4.17's
                                  # choice for that PA size (p2m format "auto")
+    dom0_unpopulated_alloc = false  # dom0's kernel has XEN_UNPOPULATED_ALLOC: the toolstack's
+                                 # foreign mappings need no ballooned page (default false,
+                                 # as the captured Debian kernel)
     arrival_spread_ms = 1.0      # default 1.0: domUs start at seeded times in [0, this)
 
     [board_options]              # optional: keyword arguments of the board profile
@@ -32,6 +35,8 @@ Format (every table and key below; anything else is an error)::
     grant_pages = 0              # pages dom0's backends map from it
     balloon_mib = 0              # ballooned out, then back in (<= ram_mib)
     destroy = false              # destroyed after boot
+    kernel_kib = 32183           # the kernel and ramdisk the toolstack loads through dom0,
+    ramdisk_kib = 964            #   a foreign mapping per page (default: the capture's)
     count = 1                    # > 1: domains <name>-1 .. <name>-N, alike; then
                                  # devices and hotplug must be empty
 
@@ -94,17 +99,19 @@ from ..xen.domain import MAGIC_PAGES, DomainSpec
 from ..xen.geometry import p2m_format_for
 from ..xen.host import HostConfig
 from ..xen.iommu import SHARED_MAX_IPA_BITS
+from ..xen.toolstack import KERNEL_KIB, RAMDISK_KIB
 
 MIB = 1 << 20
 DATA = Path(__file__).parent / "data"
 KINDS = ("driver", "guest", "infotainment", "small", "large")
 
-SCENARIO_KEYS = {"name", "description", "board", "dom0_mem_mib", "arrival_spread_ms", "pa_bits"}
+SCENARIO_KEYS = {"name", "description", "board", "dom0_mem_mib", "arrival_spread_ms", "pa_bits",
+                 "dom0_unpopulated_alloc"}
 # P2M formats a run can ask for; "auto" is the one Xen 4.17 builds on the scenario's CPU.
 P2M_FORMAT_CHOICES = ("auto", "p2m-s2-32", "p2m-s2-36", "p2m-s2-40", "p2m-s2-42", "p2m-s2-44", "p2m-s2-48")
 DEFAULT_P2M_FORMAT = "p2m-s2-40"          # when nothing says the CPU's PA size
 DOMAIN_KEYS = {"name", "kind", "ram_mib", "passthrough", "devices", "hotplug", "unplug", "grant_pages",
-               "balloon_mib", "destroy", "count"}
+               "balloon_mib", "destroy", "count", "kernel_kib", "ramdisk_kib"}
 MIX_KEYS = {"name", "count", "kind", "ram_mib", "grant_pages", "device_share", "hotplug_share",
             "declared_share", "balloon_share", "destroy_share", "devices"}
 TABLES = {"scenario", "board_options", "domain", "mix"}
@@ -123,11 +130,13 @@ class Scenario:
     dom0_mem: int                        # bytes
     arrival_spread_ns: float
     pa_bits: int | None = None           # the CPU's PA size (None: unknown)
+    dom0_unpopulated_alloc: bool = False
 
     def host_config(self, **overrides) -> HostConfig:
         """A HostConfig with this scenario's dom0 memory and arrival spread (and `overrides`)."""
         overrides["p2m_format"] = resolve_p2m_format(overrides.get("p2m_format", "auto"), self.pa_bits,
                                                      overrides.get("policy", "eager"))
+        overrides.setdefault("dom0_unpopulated_alloc", self.dom0_unpopulated_alloc)
         return HostConfig(dom0_mem=self.dom0_mem, arrival_spread_ns=self.arrival_spread_ns, **overrides)
 
 
@@ -309,7 +318,9 @@ class _Reader:
             seen[s.name] = w.removesuffix(".name")
         self.fits(b, specs)
         return Scenario(name=name, description=description, board=b, specs=tuple(specs),
-                        dom0_mem=dom0_mib * MIB, arrival_spread_ns=spread_ms * 1e6, pa_bits=pa_bits)
+                        dom0_mem=dom0_mib * MIB, arrival_spread_ns=spread_ms * 1e6, pa_bits=pa_bits,
+                        dom0_unpopulated_alloc=self.bool_(sc, "dom0_unpopulated_alloc",
+                                                          "scenario.dom0_unpopulated_alloc"))
 
     def tree(self, name: str) -> Board:
         """A board read from a device tree, its path relative to the scenario file."""
@@ -378,7 +389,12 @@ class _Reader:
               "devices": tuple(devices), "hotplug": tuple(hotplug), "unplug": tuple(unplug),
               "grant_pages": self.int_(t, "grant_pages", f"{path}.grant_pages", default=0),
               "balloon_bytes": balloon * MIB,
-              "destroy": self.bool_(t, "destroy", f"{path}.destroy")}
+              "destroy": self.bool_(t, "destroy", f"{path}.destroy"),
+              "kernel_kib": self.int_(t, "kernel_kib", f"{path}.kernel_kib", default=KERNEL_KIB),
+              "ramdisk_kib": self.int_(t, "ramdisk_kib", f"{path}.ramdisk_kib", default=RAMDISK_KIB)}
+        if (kw["kernel_kib"] + kw["ramdisk_kib"]) * 1024 + GRANULE > ram * MIB:
+            raise self.fail(f"{path}.kernel_kib", f"the kernel and ramdisk ({kw['ramdisk_kib']} KiB) and a "
+                            f"device tree page must fit in ram_mib ({ram})", kw["kernel_kib"])
         if kw["grant_pages"] > ram * MIB // GRANULE:
             raise self.fail(f"{path}.grant_pages", f"must be at most the domain's RAM pages "
                             f"({ram * MIB // GRANULE})", kw["grant_pages"])

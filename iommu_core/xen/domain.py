@@ -17,6 +17,8 @@ from . import intervals as iv
 from . import invariant
 from .iommu import SharedIommu, UnsharedIommu
 from .p2m import P2M
+from .p2m_types import CODE
+from .toolstack import KERNEL_KIB, RAMDISK_KIB
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -26,6 +28,7 @@ GUEST_RAM1_GFN = 0x2_0000_0000 >> 12
 GUEST_GNTTAB_GFN = 0x3800_0000 >> 12
 GUEST_MAGIC_GFN = 0x3900_0000 >> 12
 MAGIC_PAGES = 4                                               # console, xenstore, ...
+GUEST_SHARED_INFO_PAGE = 0x25FF     # where the captured domU's Linux gave up a page for shared_info
 DOM0_FOREIGN_GFN = 0x10_0000_0000 >> 12       # where dom0 maps guests' pages (backends): 64 GiB, above H3 RAM
 POLICIES = ("eager", "lazy", "declared", "shared")
 
@@ -42,9 +45,11 @@ class DomainSpec:
     hotplug: tuple[str, ...] = ()        # assigned once booted
     unplug: tuple[str, ...] = ()         # deassigned after that (devices it has)
     grant_pages: int = 0                 # pages a backend (dom0) maps from this domain
-    grant_frames: int = 32
+    grant_frames: int = 1                # grant-table frames the guest's Linux maps at boot (the capture: 1)
     balloon_bytes: int = 0               # ballooned out, then back in
     destroy: bool = False
+    kernel_kib: int = KERNEL_KIB         # the images the toolstack loads through dom0 (the capture's)
+    ramdisk_kib: int = RAMDISK_KIB
 
     def __post_init__(self):
         if self.ram_bytes <= 0 or self.ram_bytes % GRANULE:
@@ -53,6 +58,13 @@ class DomainSpec:
         unknown = sorted(set(self.unplug) - set(self.devices) - set(self.hotplug))
         if unknown:
             raise ValueError(f"domain {self.name!r}: cannot unplug {unknown[0]!r}, which it is never given")
+        for key in ("kernel_kib", "ramdisk_kib"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"domain {self.name!r}: {key} must be an integer >= 0, got {v!r}")
+        if (self.kernel_kib + self.ramdisk_kib) * 1024 + GRANULE > self.ram_bytes and self.kind != "dom0":
+            raise ValueError(f"domain {self.name!r}: its kernel ({self.kernel_kib} KiB), ramdisk "
+                             f"({self.ramdisk_kib} KiB) and device tree do not fit in its {self.ram_bytes} bytes")
         if self.balloon_bytes < 0 or self.balloon_bytes % GRANULE or self.balloon_bytes > self.ram_bytes:
             raise ValueError(f"domain {self.name!r}: balloon_bytes {self.balloon_bytes} must be a multiple of "
                              f"4 KiB within its RAM")
@@ -61,6 +73,7 @@ class DomainSpec:
 @dataclass
 class DomainCounts:
     p2m_calls: int = 0
+    relinquished_leaves: int = 0         # leaves relinquish_p2m_mapping removed (not p2m_set_entry calls)
     tlb_flushes: int = 0
     assign_refused_context: int = 0
     assign_refused_undeclared: int = 0
@@ -87,6 +100,42 @@ def guest_ram_gfns(first_page: int, npages: int) -> tuple[np.ndarray, np.ndarray
         starts.append(GUEST_RAM1_GFN + first_page - ram0_pages)
         counts.append(npages)
     return np.array(starts, np.int64), np.array(counts, np.int64)
+
+
+def libxc_extents(gfn: np.ndarray, mfn: np.ndarray, nr: np.ndarray):
+    """Placed RAM runs cut into the extents libxc's populate_guest_memory asks Xen for, one
+    populate_physmap extent (one p2m_set_entry call) each: per chunk of at most 1M pages,
+    1 GiB extents from a 1 GiB-aligned GFN, else 2 MiB ones from a 2 MiB-aligned GFN up to
+    the next 1 GiB boundary, else 4 KiB ones up to the next 2 MiB boundary
+    (xen-project/xen:tools/libs/guest/xg_dom_arm.c @ RELEASE-4.17.0:237, populate_one_size).
+    Where the model's machine frames change run inside an extent (a fragmented host, which
+    Xen's buddy allocator would not hand out), the extent is cut there."""
+    g_out, m_out, n_out = [], [], []
+    for lo, hi in zip(*iv.normalize(gfn, nr)):
+        p = int(lo)
+        while p < hi:
+            chunk_end = min(int(hi), p + (1 << 20))
+            for shift in (18, 9, 0):
+                size, nxt = 1 << shift, 1 << (shift + 9)
+                if p % size:
+                    continue
+                e = chunk_end if not p % nxt else min(chunk_end, (p // nxt + 1) * nxt)
+                k = (e - p) >> shift
+                if k:
+                    g_out.append(p + size * np.arange(k, dtype=np.int64))
+                    n_out.append(np.full(k, size, np.int64))
+                    p += k * size
+                    break
+    eg, en = np.concatenate(g_out), np.concatenate(n_out)
+    # Machine frames: the run each extent starts in; cut where a run ends inside an extent.
+    cuts = np.union1d(eg, np.concatenate((gfn, gfn + nr)))
+    cuts = cuts[(cuts >= eg[0]) & (cuts < eg[-1] + en[-1])]
+    k = np.searchsorted(gfn, cuts, side="right") - 1
+    inside = cuts < gfn[k] + nr[k]
+    cuts = cuts[inside]
+    k = k[inside]
+    ends = np.append(cuts[1:], eg[-1] + en[-1])
+    return cuts, mfn[k] + (cuts - gfn[k]), ends - cuts
 
 
 def place(gfn_runs: tuple[np.ndarray, np.ndarray], mfn: np.ndarray, mcount: np.ndarray):
@@ -187,13 +236,56 @@ class Domain:
 
     # -- life-cycle steps ----------------------------------------------------------
     def populate_ram(self, npages: int) -> tuple[float, int]:
-        """Allocate host memory for the next npages of guest RAM and map it (one batch)."""
+        """Allocate host memory for the next npages of guest RAM and map it: one call per libxc extent."""
         mfn, mcount = self.host.memory.alloc(npages, self.domid)
         gfn, mfn, nr = place(guest_ram_gfns(self.ram_pages, npages), mfn, mcount)
         self.ram_pages += npages
         self.ram = tuple(np.concatenate((a, b)) for a, b in zip(self.ram, (gfn, mfn, nr)))
         self.counts.p2m_pages_mapped += npages
-        return self.update(gfn, mfn, nr, "ram_rw")
+        return self.update(*libxc_extents(gfn, mfn, nr), "ram_rw")
+
+    def populate_magic(self) -> tuple[float, int]:
+        """The toolstack populates the magic pages (console, xenstore, ...) one by one; Xen holds
+        the grant-table frames the guest maps later."""
+        mfn, mcount = self.host.memory.alloc(MAGIC_PAGES + self.spec.grant_frames, self.domid)
+        self.xen_pages = (mfn, mcount)
+        frames = np.concatenate([m + np.arange(c) for m, c in zip(mfn, mcount)])
+        self.magic_mfns, self.gnttab_mfns = frames[:MAGIC_PAGES], frames[MAGIC_PAGES:]
+        gfn = GUEST_MAGIC_GFN + np.arange(MAGIC_PAGES)
+        return self.update(gfn, self.magic_mfns, np.ones(MAGIC_PAGES, np.int64), "ram_rw")
+
+    def map_own_pages(self) -> tuple[float, int]:
+        """The booted guest maps its grant table and shared_info itself (XENMEM_add_to_physmap,
+        xenmem_add_to_physmap_one). shared_info replaces a RAM page: the capture's place,
+        GUEST_SHARED_INFO_PAGE pages into its RAM (design assumption: Linux's allocator picks it)."""
+        info_mfn, n = self.host.memory.alloc(1, self.domid)
+        self.xen_pages = tuple(np.concatenate((a, b)) for a, b in zip(self.xen_pages, (info_mfn, n)))
+        gfn0, _ = GUEST_RAM0
+        calls = [(GUEST_GNTTAB_GFN + i, int(m), 1, "ram_rw") for i, m in enumerate(self.gnttab_mfns)]
+        calls.append((gfn0 + min(GUEST_SHARED_INFO_PAGE, self.ram_pages - 1), int(info_mfn[0]), 1, "ram_rw"))
+        return self.map_calls(calls)
+
+    def mfns_at(self, gfns: np.ndarray) -> np.ndarray:
+        """The machine frames backing these RAM gfns."""
+        g, m, n = self.ram
+        k = np.searchsorted(g, gfns, side="right") - 1
+        if (k < 0).any() or (gfns >= g[k] + n[k]).any():
+            raise ValueError(f"domain {self.name!r}: a gfn the toolstack loads is not in its RAM")
+        return m[k] + (gfns - g[k])
+
+    def relinquish(self) -> tuple[float, int]:
+        """relinquish_p2m_mapping: every valid leaf removed by __p2m_set_entry, one by one
+        (xen-project/xen:xen/arch/arm/p2m.c @ RELEASE-4.17.0:1859), outside p2m_set_entry."""
+        iova, level, _ = self.p2m.pt.leaves()
+        if not len(iova):
+            return 0.0, 0
+        gfn = iova.astype(np.int64) // GRANULE
+        nr = np.left_shift(1, (3 - level.astype(np.int64)) * 9)
+        calls = self.counts.p2m_calls
+        out = self.update(gfn, np.zeros_like(gfn), nr, "invalid")
+        self.counts.p2m_calls = calls                       # not p2m_set_entry calls
+        self.counts.relinquished_leaves += len(gfn)
+        return out
 
     def map_calls(self, calls) -> tuple[float, int]:
         """p2m_set_entry calls one after another: (gfn, mfn, nr, type) each."""
@@ -209,15 +301,6 @@ class Domain:
         """Map GFN == MFN (dom0's RAM, and MMIO of every domain)."""
         self.counts.p2m_pages_mapped += int(np.sum(nr))
         return self.update(gfn, gfn, nr, p2m_type)
-
-    def map_xen_pages(self) -> tuple[float, int]:
-        """The grant table frames and the magic pages, from Xen's heap."""
-        n = self.spec.grant_frames + MAGIC_PAGES
-        mfn, mcount = self.host.memory.alloc(n, self.domid)
-        self.xen_pages = (mfn, mcount)
-        runs = (np.array([GUEST_GNTTAB_GFN, GUEST_MAGIC_GFN]), np.array([self.spec.grant_frames, MAGIC_PAGES]))
-        gfn, mfn, nr = place(runs, mfn, mcount)
-        return self.update(gfn, mfn, nr, "ram_rw")
 
     def assign(self, device: str, mmio: tuple[np.ndarray, np.ndarray], ipmmu: int = 0) -> tuple[float, int] | None:
         """Give the domain a device (None if refused): context, IOMMU table as the policy says, MMIO."""

@@ -21,10 +21,11 @@ import numpy as np
 from ..pgtable import Format, PageTable
 from ..pgtable.format import GRANULE
 from .costs import CostModel
-from .domain import DOM0_FOREIGN_GFN, POLICIES, Domain, DomainSpec
+from .domain import DOM0_FOREIGN_GFN, GUEST_RAM0, POLICIES, Domain, DomainSpec
 from .iommu import APIS, SHARED_MAX_IPA_BITS, Contexts, NotApplicable
 from .dom0 import DOM0_SHARED_INFO_PAGE, XEN_IMAGE_OFFSET, allocate_memory_11, xen_held
 from .memory import MachineMemory
+from .toolstack import DTB_PAGES, RAMDISK_OFFSET, RING_GRANTS, Dom0Slots, image_pages
 from .p2m_types import DMA_PERM_BY_CODE
 
 GIB = 1 << 30
@@ -52,6 +53,9 @@ class HostConfig:
     fragmentation: float = 0.0
     seed: int = 0
     check: bool = True                    # the invariant after every step (tests always keep it on)
+    # dom0's kernel has XEN_UNPOPULATED_ALLOC: foreign mappings go to unused address space, with no
+    # balloon steps (the captured Debian kernel has not: it balloons a page out for each).
+    dom0_unpopulated_alloc: bool = False
     arrival_spread_ns: float = 1e6        # domains start at seeded times within this window
 
     def __post_init__(self):
@@ -83,6 +87,7 @@ class Host:
         self.rng = np.random.default_rng(config.seed)
         self.wall_s = 0.0
         self.recorder = None                  # a trace.Recorder to record the run's steps
+        self.dom0_slots: Dom0Slots | None = None
 
     # -- building the plan ---------------------------------------------------------------
     def _mmio(self, names) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +155,8 @@ class Host:
         pages = spec.ram_bytes // GRANULE
         for k in range(0, pages, STEP_BATCH_PAGES):
             steps.append(("populate", lambda m=min(STEP_BATCH_PAGES, pages - k): d.populate_ram(m)))
-        steps.append(("xen-pages", d.map_xen_pages))
+        steps.append(("magic", d.populate_magic))
+        steps.append(("load", lambda: self._toolstack_load(d, dom0)))
         for name in spec.devices:
             steps.append(("assign", lambda name=name: self._assign(d, name)))
         if spec.grant_pages:
@@ -158,6 +164,7 @@ class Host:
             foreign_cursor[0] += spec.grant_pages
             steps.append(("backend", lambda: self._backend_map(d, dom0, gfn0)))
         steps.append(("booted", None))
+        steps.append(("own-pages", d.map_own_pages))
         if spec.balloon_bytes:
             n = spec.balloon_bytes // GRANULE
             steps.append(("balloon-out", lambda: d.balloon_out(n)))
@@ -185,18 +192,63 @@ class Host:
         d.backend = (gfn0 + np.concatenate(([0], np.cumsum(cnt)[:-1])), cnt)
         return dom0.map_foreign(d.backend[0], mfn[:k], cnt)
 
+    def _slots(self, dom0: Domain) -> Dom0Slots:
+        if self.dom0_slots is None:
+            info_block = (int(dom0.ram[0][0]) + min(DOM0_SHARED_INFO_PAGE, int(dom0.ram[2][0]) - 1)) >> 9 << 9
+            self.dom0_slots = Dom0Slots((dom0.ram[0], dom0.ram[2]), info_block, DOM0_FOREIGN_GFN,
+                                        unpopulated=self.config.dom0_unpopulated_alloc)
+        return self.dom0_slots
+
+    def _toolstack_load(self, d: Domain, dom0: Domain):
+        """libxc loads the kernel, ramdisk and device tree, clears the magic pages and maps the
+        grant table, each page a foreign mapping in dom0 (toolstack.py); then xenconsoled and
+        xenstored grant-map the rings, held until the guest goes."""
+        spec = d.spec
+        ram0 = GUEST_RAM0[0]
+        kernel, ramdisk = image_pages(spec.kernel_kib), image_pages(spec.ramdisk_kib)
+        rd_at = RAMDISK_OFFSET // GRANULE if RAMDISK_OFFSET // GRANULE + ramdisk + DTB_PAGES <= d.ram_pages \
+            else kernel
+        gfns = np.concatenate((ram0 + np.arange(kernel), ram0 + rd_at + np.arange(ramdisk + DTB_PAGES)))
+        foreign = np.concatenate((d.mfns_at(gfns), d.magic_mfns, d.gnttab_mfns[:1]))
+        slots = self._slots(dom0)
+        at = slots.take(len(foreign))
+        one = np.ones(len(at), np.int64)
+        out = [] if slots.unpopulated else [dom0.update(at, 0, one, "invalid")]     # decrease_reservation
+        out.append(dom0.map_foreign(at, foreign, one))                               # add_to_physmap_batch
+        out.append(dom0.update(at, 0, one, "invalid"))                               # remove_from_physmap
+        if not slots.unpopulated:
+            out.append(dom0.update(at, at, one, "ram_rw"))                           # populate_physmap
+        slots.give_back(at)
+        d.ring_slots = slots.take(RING_GRANTS)
+        two = np.ones(RING_GRANTS, np.int64)
+        if not slots.unpopulated:
+            out.append(dom0.update(d.ring_slots, 0, two, "invalid"))
+        out.append(dom0.update(d.ring_slots, d.magic_mfns[:RING_GRANTS], two, "grant_map_rw"))   # map_grant_ref
+        return sum(o[0] for o in out), sum(o[1] for o in out)
+
     def _destroy(self, d: Domain, dom0: Domain):
-        ns, inv = 0.0, 0
+        out = []
         if getattr(d, "backend", None) is not None:
-            ns, inv = dom0.update(d.backend[0], 0, d.backend[1], "invalid")
-        t_ns, t_inv = self._teardown(d)
-        return ns + t_ns, inv + t_inv
+            out.append(dom0.update(d.backend[0], 0, d.backend[1], "invalid"))
+        rings = getattr(d, "ring_slots", None)
+        if rings is not None:                       # unmap_grant_ref, and the balloon takes the frames back
+            two = np.ones(len(rings), np.int64)
+            out.append(dom0.update(rings, 0, two, "invalid"))
+            if not self._slots(dom0).unpopulated:
+                out.append(dom0.update(rings, rings, two, "ram_rw"))
+            self._slots(dom0).give_back(rings)
+        out.append(self._teardown(d))
+        return sum(o[0] for o in out), sum(o[1] for o in out)
 
     def _teardown(self, d: Domain):
-        d.final_min_iommu_bytes = self._min_iommu_bytes(d)
         if self.recorder is not None:
             self.recorder.action("teardown")
-        return d.teardown()
+        d.final_min_iommu_bytes = self._min_iommu_bytes(d)
+        d.final_xen = d.p2m.xen_counters()          # as it ran, before its leaves go
+        with d._quiet():
+            ns, inv = d.relinquish()
+        t_ns, t_inv = d.teardown()
+        return ns + t_ns, inv + t_inv
 
     # -- running -------------------------------------------------------------------
     def run(self, specs: list[DomainSpec]) -> list[dict]:
@@ -343,7 +395,8 @@ class Host:
             "assign_refused_undeclared": k.assign_refused_undeclared,
             "p2m_calls": k.p2m_calls, "p2m_descriptors_written": p2m["descriptors_written"],
             "p2m_tables_allocated": p2m["tables_allocated"], "p2m_block_splits": p2m["block_splits"],
-            "tlb_flushes": k.tlb_flushes,
+            "tlb_flushes": k.tlb_flushes, "p2m_relinquished_leaves": k.relinquished_leaves,
+            **{f"p2m_{key}": v for key, v in (d.p2m.xen_counters() if d.alive else d.final_xen).items()},
             "boot_ns": k.boot_ns, "assign_ns": max(k.assign_ns, default=0.0), "teardown_ns": k.teardown_ns,
             "inv_wait_ns": k.inv_wait_ns,
             "map_calls": iommu.map_latency.n if iommu else 0,
