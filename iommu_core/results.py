@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 # 2: map_calls, unmap_calls (to pool latencies over domains); 3: Xen's own P2M counters and the
 # table's true leaves per level, and the leaves relinquish_p2m_mapping removed.
 SCHEMA_VERSION = "3"
+READABLE_VERSIONS = ("2", "3")     # version 2 rows read with the newer columns null
 PARTITIONS = ("scenario", "policy", "api")
 
 
@@ -188,10 +189,12 @@ def read_results(path, run: str | None = None, **filters) -> pa.Table:
         except (OSError, pa.ArrowException) as e:
             raise ResultsError(f"{f}: not a readable Parquet file: {e}") from None
         version = (schema.metadata or {}).get(b"schema_version", b"").decode()
-        if version != SCHEMA_VERSION:
-            raise ResultsError(f"{f}: results schema version {version!r}; this reader knows {SCHEMA_VERSION!r}")
+        if version not in READABLE_VERSIONS:
+            raise ResultsError(f"{f}: results schema version {version!r}; this reader knows "
+                               f"{', '.join(READABLE_VERSIONS)}")
     part = ds.partitioning(pa.schema([SCHEMA.field(p) for p in PARTITIONS]), flavor="hive")
-    table = ds.dataset([str(f) for f in files], format="parquet", partitioning=part,
+    # The whole schema: columns an older version lacks read as nulls.
+    table = ds.dataset([str(f) for f in files], format="parquet", partitioning=part, schema=SCHEMA,
                        partition_base_dir=str(root)).to_table()
     for column, value in filters.items():
         check_filter(column, value)

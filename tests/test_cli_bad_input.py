@@ -322,7 +322,7 @@ def test_trace_record_to_a_folder_leaves_no_tmp_beside_it(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-@pytest.mark.parametrize("filters, fragment", [({"seed": "0"}, "seed='0': expected a int64"),
+@pytest.mark.parametrize("filters, fragment", [({"seed": "0"}, "seed='0': column 'seed' holds int64 values"),
                                                ({"seed": 1.5}, "seed=1.5"), ({"policy": 3}, "policy=3"),
                                                ({"destroyed": 1}, "destroyed=1")])
 def test_read_results_refuses_a_filter_of_the_wrong_type(filters, fragment):

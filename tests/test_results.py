@@ -89,5 +89,5 @@ def test_an_older_run_with_run_json_still_has_its_manifest(tmp_path, fresh):
     (new / MANIFEST_NAME).write_text(json.dumps({"start": "2000-01-01"}))
     assert latest_run(tmp_path / "runs") == old
     (old / "run.json").write_text("{not json")
-    with pytest.raises(ResultsError, match="run.json: not a JSON manifest"):
+    with pytest.raises(ResultsError, match="run.json: not a readable run manifest"):
         read_manifest(old)
