@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import __version__
 from .pgtable import PRESETS, ExtentError, Format
-from .scenarios.files import P2M_FORMAT_CHOICES, resolve_p2m_format
+from .scenarios.files import P2M_FORMAT_CHOICES, XEN_CAPTURE, resolve_p2m_format
 from .sweep.grid import MAX_CELLS
 
 MIB = 1 << 20
@@ -231,7 +231,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report.page import build
     from .report.verdict import markdown as verdict_markdown
 
-    report = build(args.results, args.run, Path(args.output) if args.output else None)
+    from .report.realxen import real_xen_section
+
+    report = build(args.results, args.run, Path(args.output) if args.output else None,
+                   sections=[real_xen_section()])
     print(f"run {report['run']}: the verdict (Markdown, as the report opens with it)")
     print(verdict_markdown(report["verdict"]))
     print(f"headline (costs {report['costs']}; mean over seeds, per host)")
@@ -519,8 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and print, at every debug-key-q dump of its p2m_counters.csv, Xen's "
                                    "mappings and shattered counts beside the model's. Exit status 1 when "
                                    "any differs.")
-    v.add_argument("capture", nargs="?", default="../shared/xen-real",
-                   help="the capture folder (default ../shared/xen-real)")
+    v.add_argument("capture", nargs="?", default=str(XEN_CAPTURE),
+                   help="the capture folder (default: the package's copy of shared/xen-real, "
+                        "iommu_core/scenarios/data/xen-real)")
     v.add_argument("--p2m-format", default="p2m-s2-44", choices=list(P2M_FORMAT_CHOICES[1:]),
                    help="the P2M Xen built (default p2m-s2-44: the capture's 44-bit IPA, 4 levels)")
     v.set_defaults(func=cmd_validate)

@@ -1,4 +1,4 @@
-"""The model against a real Xen 4.17 (tests/data/xen-real: a copy of shared/xen-real's call log and counters)."""
+"""The model against a real Xen 4.17 (the package's copy of shared/xen-real's call log and counters)."""
 
 import gzip
 from pathlib import Path
@@ -14,7 +14,7 @@ from iommu_core.xen.geometry import p2m_format_for
 from iommu_core.xen.host import Host
 from iommu_core.xenlog import CallLogError, read_call_log, read_counters, replay_counters
 
-CAPTURE = Path(__file__).parent / "data" / "xen-real"
+CAPTURE = DATA / "xen-real"
 GIB, MIB = 1 << 30, 1 << 20
 HEADER = "seq,domid,gfn,nr,mfn,type,type_name,access,caller,hypercall,phase,rc\n"
 
@@ -174,3 +174,11 @@ def test_with_unpopulated_alloc_dom0_balloons_nothing():
     assert model[(0, "invalid")] == loaded + 2
     # Nothing of dom0's RAM is shattered but the page shared_info took.
     assert records[0]["p2m_shattered_2m"] == 1
+
+
+def test_the_report_ends_with_the_model_against_xen_per_domain_and_level():
+    from iommu_core.report.realxen import real_xen_section
+    section = real_xen_section()
+    assert section.id == "real-xen" and "(20 of 20 the same)" in section.body
+    # Per domain, moment and level: Xen, the replay and the synthetic boot agree on the domU's 4K mappings.
+    assert "| domU (domid 1) | domU running | 4K mappings | 516 | 516 | 516 |" in section.body

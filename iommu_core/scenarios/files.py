@@ -103,6 +103,7 @@ from ..xen.toolstack import KERNEL_KIB, RAMDISK_KIB
 
 MIB = 1 << 20
 DATA = Path(__file__).parent / "data"
+XEN_CAPTURE = DATA / "xen-real"          # a copy of shared/xen-real's call log, counters and events
 KINDS = ("driver", "guest", "infotainment", "small", "large")
 
 SCENARIO_KEYS = {"name", "description", "board", "dom0_mem_mib", "arrival_spread_ms", "pa_bits",
