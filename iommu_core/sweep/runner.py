@@ -539,7 +539,8 @@ def _locked_sweep(sweep, run_dir, run_id, lock, notes, address, workers, object_
             "cells_run": 0, "cells_failed": 0}
     definition = ({"name": sweep.name, "file": sweep.file, "sha256": sweep.sha256, "toml": sweep.text}
                   if sweep.text else manifest.get("sweep_definition"))
-    manifest = {**manifest, "run_id": run_id, "sweep": sweep.name, "sweep_file": sweep.file,
+    manifest = {**manifest, "run_id": run_id, "package_version": __version__, "git_commit": _git_commit(),
+                "host": platform.node(), "sweep": sweep.name, "sweep_file": sweep.file,
                 "sweep_sha256": sweep.sha256, "seed_count": len({c.seed for c in sweep.cells}),
                 "start": manifest.get("start", started), "end": None, "status": "running",
                 "cells": len(sweep.cells), "cells_done": len(have),
