@@ -1,7 +1,6 @@
 """The model against a real Xen 4.17 (the package's copy of shared/xen-real's call log and counters)."""
 
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -17,7 +17,6 @@ from . import intervals as iv
 from . import invariant
 from .iommu import SharedIommu, UnsharedIommu
 from .p2m import P2M
-from .p2m_types import CODE
 from .toolstack import KERNEL_KIB, RAMDISK_KIB
 
 MIB = 1 << 20
@@ -110,7 +109,7 @@ def libxc_extents(gfn: np.ndarray, mfn: np.ndarray, nr: np.ndarray):
     (xen-project/xen:tools/libs/guest/xg_dom_arm.c @ RELEASE-4.17.0:237, populate_one_size).
     Where the model's machine frames change run inside an extent (a fragmented host, which
     Xen's buddy allocator would not hand out), the extent is cut there."""
-    g_out, m_out, n_out = [], [], []
+    g_out, n_out = [], []
     for lo, hi in zip(*iv.normalize(gfn, nr)):
         p = int(lo)
         while p < hi:
