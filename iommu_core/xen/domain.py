@@ -17,6 +17,7 @@ from . import intervals as iv
 from . import invariant
 from .iommu import SharedIommu, UnsharedIommu
 from .p2m import P2M
+from .rules import POLICY_RULES, policy_rule
 from .toolstack import KERNEL_KIB, RAMDISK_KIB
 
 MIB = 1 << 20
@@ -29,7 +30,7 @@ GUEST_MAGIC_GFN = 0x3900_0000 >> 12
 MAGIC_PAGES = 4                                               # console, xenstore, ...
 GUEST_SHARED_INFO_PAGE = 0x25FF     # where the captured domU's Linux gave up a page for shared_info
 DOM0_FOREIGN_GFN = 0x10_0000_0000 >> 12       # where dom0 maps guests' pages (backends): 64 GiB, above H3 RAM
-POLICIES = ("eager", "lazy", "declared", "shared")
+POLICIES = tuple(POLICY_RULES)               # the rules table (rules.py) is where they are defined
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,11 @@ class Domain:
     def policy(self) -> str:
         return self.host.policy
 
+    @property
+    def rule(self):
+        """The policy's row of the rules table (rules.py)."""
+        return policy_rule(self.host.policy)
+
     def _record(self, op: str, device: str = "") -> None:
         if self.host.recorder is not None:
             self.host.recorder.action(op, device)
@@ -181,13 +187,13 @@ class Domain:
 
     # -- the IOMMU a policy gives ---------------------------------------------
     def _new_iommu(self):
-        if self.policy == "shared":
+        if self.rule.shared:
             return SharedIommu(self.p2m, self.host.costs)
         return UnsharedIommu(self.host.iommu_format, self.host.api, self.host.costs)
 
     def create(self) -> tuple[float, int]:
         self._record("create")
-        if self.policy == "eager" or (self.policy == "declared" and self.spec.passthrough):
+        if self.rule.table_at_create(self.spec.passthrough):
             self.iommu = self._new_iommu()
         return 0.0, 0
 
@@ -308,7 +314,7 @@ class Domain:
             return self._assign(device, mmio, ipmmu)
 
     def _assign(self, device, mmio, ipmmu):
-        if self.policy == "declared" and not self.spec.passthrough:
+        if self.rule.refuse_undeclared_assign and not self.spec.passthrough:
             self.counts.assign_refused_undeclared += 1
             return None
         if not self.host.contexts.acquire(self.domid, ipmmu):

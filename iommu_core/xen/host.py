@@ -27,6 +27,7 @@ from .dom0 import DOM0_SHARED_INFO_PAGE, XEN_IMAGE_OFFSET, allocate_memory_11, x
 from .memory import MachineMemory
 from .toolstack import DTB_PAGES, RAMDISK_OFFSET, RING_GRANTS, Dom0Slots, image_pages
 from .p2m_types import DMA_PERM_BY_CODE
+from .rules import policy_rule
 
 GIB = 1 << 30
 STEP_BATCH_PAGES = (1 << 30) // GRANULE      # RAM is populated in batches of at most 1 GiB
@@ -67,7 +68,7 @@ class HostConfig:
         fmt = Format.preset(self.p2m_format)
         if fmt.stage != 2:
             raise ValueError(f"the P2M needs a stage-2 format, got {self.p2m_format}")
-        if self.policy == "shared" and fmt.ia_bits > SHARED_MAX_IPA_BITS:
+        if policy_rule(self.policy).shared and fmt.ia_bits > SHARED_MAX_IPA_BITS:
             raise NotApplicable(f"policy shared: the IPMMU walks a P2M of at most {SHARED_MAX_IPA_BITS} "
                                 f"input bits, {self.p2m_format} has {fmt.ia_bits}")
         if self.dom0_mem <= 0 or self.dom0_mem % GRANULE:

@@ -21,8 +21,9 @@ from ..pgtable.format import ENTRIES_PER_LINE, GRANULE
 from .costs import CostModel
 from .p2m import P2M, Change, translation_view
 from .p2m_types import DMA_PERM_BY_CODE, MEMTYPE_BY_CODE
+from .rules import API_RULES, api_rule
 
-APIS = ("per-page", "batched", "blocks")
+APIS = tuple(API_RULES)
 IOMMU_BASE = 0x48_0000_0000           # where the model puts IOMMU table pages
 SHARED_MAX_IPA_BITS = 40              # the IPMMU can walk a P2M of at most 40 bits (2 concatenated roots)
 
@@ -113,8 +114,7 @@ class UnsharedIommu:
 
     def __init__(self, fmt: Format | str = "ipmmu-s1-39", api: str = "batched", costs: CostModel | None = None,
                  base: int = IOMMU_BASE):
-        if api not in APIS:
-            raise ValueError(f"unknown driver API {api!r}; choose from {list(APIS)}")
+        self.rule = api_rule(api)
         self.pt = PageTable(fmt, base=base)
         if self.pt.fmt.stage != 1:
             raise ValueError(f"an unshared IPMMU-like driver uses a stage-1 format, got {self.pt.fmt.name}")
@@ -135,7 +135,7 @@ class UnsharedIommu:
     def _account(self, res: dict, pages: np.ndarray, unmap: bool) -> float:
         """Count one batch as the driver API would have made it; return its modelled ns."""
         c, k = self.costs, self.counts
-        per_page = self.api == "per-page"
+        per_page = self.rule.per_page_calls
         n_pages = int(pages.sum())
         calls = n_pages if per_page else len(pages)
         tables = res["tables_allocated"]
@@ -179,7 +179,7 @@ class UnsharedIommu:
         res = self.pt.map(gfn[keep] * GRANULE, mfn[keep] * GRANULE, n[keep],
                           perm=[PERM_NAMES[p] for p in perm[keep].tolist()],
                           memtype=[MEMTYPE_NAMES[m] for m in MEMTYPE_BY_CODE[code[keep]].tolist()],
-                          leaf="auto" if self.api == "blocks" else "4k", remap=True)
+                          leaf=self.rule.leaf, remap=True)
         self.counts.pages_mapped += int(n[keep].sum())
         return self._account(res, n[keep], unmap=False)
 
