@@ -33,14 +33,16 @@ def test_the_iommu_follows_every_p2m_change(api):
     invariant.check("d", io, p2m, (full.iova.astype(np.int64) // 4096, full.iova.astype(np.int64) // 4096 + full.npages))
 
 
-def test_per_page_makes_a_call_and_a_flush_per_page_batched_one_per_call():
+def test_per_page_makes_a_call_per_page_batched_one_per_call_and_maps_never_invalidate():
     counts = {}
     for api in ("per-page", "batched"):
         p2m, io = mirrored(api)
         follow(p2m, io, [0x40000, 0x50000], [0x80000, 0x90000], [300, 200], "ram_rw")
         counts[api] = io.counts
-    assert counts["per-page"].calls == counts["per-page"].invalidations == 500
-    assert counts["batched"].calls == counts["batched"].invalidations == 2
+    # Rule (rules.py, unshared flush): a map never invalidates (io-pgtable-arm's map issues no TLB
+    # op and XT's iotlb_flush is empty), so 500 per-page calls and 2 batched calls make 0 syncs.
+    assert counts["per-page"].calls == 500 and counts["batched"].calls == 2
+    assert counts["per-page"].invalidations == counts["batched"].invalidations == 0
     # Per-page cleans a line per descriptor; batched cleans each written line once.
     assert counts["per-page"].cache_lines_cleaned > counts["batched"].cache_lines_cleaned
     assert counts["per-page"].map_latency.n == 500 and counts["batched"].map_latency.n == 2
@@ -70,17 +72,42 @@ def test_non_coherent_walker_cleans_new_tables_whole():
     assert io.counts.cache_lines_cleaned == 2 * 64 + 3
 
 
-def test_shared_needs_a_40_bit_p2m_and_flushes_only_on_live_changes():
+@pytest.mark.parametrize("api, variant, syncs", [("per-page", "4.12", 1), ("per-page", "pre-4.12", 512),
+                                                ("batched", "4.12", 1), ("blocks", "4.12", 1)])
+def test_an_unmap_syncs_once_per_call(api, variant, syncs):
+    # One 2 MiB P2M leaf (GFN 0x40000 and MFN 0x80000 are 2 MiB-aligned, 512 pages), then removed.
+    # per-page since 4.12: the P2M calls iommu_unmap once for its one leaf -> 1 sync; before 4.12
+    # one per 4 KiB page -> 512; batched / blocks (design assumption): one unmap call -> 1.
+    p2m, io = mirrored(api)
+    io.follow(p2m.set_entry(0x40000, 0x80000, 512, "ram_rw"), True, variant)
+    assert io.counts.invalidations == 0                              # the map: none
+    io.follow(p2m.set_entry(0x40000, 0, 512, "invalid"), True, variant)
+    assert io.counts.invalidations == syncs
+    # Without a context there is nothing to flush.
+    p2m, io = mirrored(api)
+    io.follow(p2m.set_entry(0x40000, 0x80000, 512, "ram_rw"), False, variant)
+    io.follow(p2m.set_entry(0x40000, 0, 512, "invalid"), False, variant)
+    assert io.counts.invalidations == 0
+
+
+def test_shared_needs_a_40_bit_p2m_and_flushes_after_every_valid_leaf():
     with pytest.raises(NotApplicable, match="at most 40-bit"):
         SharedIommu(P2M("p2m-s2-48"))
     with pytest.raises(NotApplicable, match="stage-2"):
         SharedIommu(P2M(), stage2_capable=False)
     p2m = P2M()
     io = SharedIommu(p2m)
-    io.follow(p2m.set_entry(0x40000, 0x80000, 16, "ram_rw"))
+    # Rule (p2m.c @ RELEASE-4.17.0:1204): a flush after every leaf whose old or new entry is valid.
+    # 16 pages at GFN 0x40000 are 16 4 KiB leaves: adding them flushes 16 times, replacing them 16 more;
+    # without a context (before the first assignment) none.
+    io.follow(p2m.set_entry(0x40000, 0x80000, 16, "ram_rw"), False)
     assert io.counts.invalidations == 0
     io.follow(p2m.set_entry(0x40000, 0x90000, 16, "ram_rw"))
-    assert io.counts.invalidations == 1 and io.table_bytes == 0
+    assert io.counts.invalidations == 16
+    io.follow(p2m.set_entry(0x40000, 0xA0000, 16, "ram_rw"))
+    assert io.counts.invalidations == 32 and io.table_bytes == 0
+    io.follow(p2m.set_entry(0x50000, 0, 16, "invalid"))                # removing nothing: no flush
+    assert io.counts.invalidations == 32
 
 
 def test_populate_copies_exactly_the_dma_view():

@@ -87,6 +87,23 @@ class DomainCounts:
     inv_wait_ns: float = 0.0
 
 
+def tlb_flushes(change, one_lock: bool = False) -> int:
+    """Stage-2 TLB flushes of one P2M batch (rules.TLB_RULE): one synchronous flush per leaf written
+    over a valid entry (break-before-make, xen-project/xen:xen/arch/arm/p2m.c @ RELEASE-4.17.0:1190),
+    one per superpage split (:1114), and one deferred flush per locked update that removed a valid
+    entry (need_flush :1171, flushed by p2m_write_unlock :203). A split of a 1 GiB block down to
+    4 KiB in one walk is one break-before-make in Xen; it is counted here once per level split
+    (two), as LeafEvents counts splits per level."""
+    ev = change.leaves
+    if ev is None or not len(ev):
+        return 0
+    modified = int((~ev.removing & ev.old_valid).sum())
+    splits = int(sum(ev.splits.values()))
+    gone = ev.removing & ev.old_valid
+    deferred = (1 if gone.any() else 0) if one_lock else int(len(np.unique(ev.call[gone])))
+    return modified + splits + deferred
+
+
 def guest_ram_gfns(first_page: int, npages: int) -> tuple[np.ndarray, np.ndarray]:
     """GFN runs for guest RAM pages [first_page, first_page + npages): RAM0 first, then RAM1."""
     ram0_gfn, ram0_pages = GUEST_RAM0
@@ -198,8 +215,15 @@ class Domain:
         return 0.0, 0
 
     # -- P2M updates -------------------------------------------------------------
-    def update(self, gfn, mfn, nr, p2m_type) -> tuple[float, int]:
-        """One P2M batch, followed by the IOMMU; (modelled CPU ns, IOTLB invalidations)."""
+    def has_context(self) -> bool:
+        """Whether the domain holds an IPMMU context (without one there is nothing to flush)."""
+        return any(self.domid in held for held in self.host.contexts.by_ipmmu)
+
+    def update(self, gfn, mfn, nr, p2m_type, one_lock: bool = False) -> tuple[float, int]:
+        """One P2M batch, followed by the IOMMU; (modelled CPU ns, IOTLB invalidations).
+
+        Each call of the batch is one p2m_set_entry under its own P2M lock, unless `one_lock`
+        (relinquish_p2m_mapping holds the lock over all its leaves)."""
         c = self.host.costs
         rec = self.host.recorder
         if rec is not None:
@@ -210,12 +234,12 @@ class Domain:
         ns = (len(change.mapped[0]) + len(change.unmapped[0])) * c.p2m_call_ns \
             + st.get("descriptors_written", 0) * c.map_page_ns + st.get("tables_allocated", 0) * c.table_alloc_ns
         self.counts.p2m_calls += len(change.mapped[0]) + len(change.unmapped[0])
-        if change.live_changed:                     # break-before-make: flush the stage-2 TLB
-            self.counts.tlb_flushes += 1
-            ns += c.tlb_flush_ns
-        if self.iommu is not None and (self.iommu.kind == "unshared" or self.devices):
-            ns += self.iommu.follow(change)
-            if self.host.check:
+        flushes = tlb_flushes(change, one_lock)
+        self.counts.tlb_flushes += flushes
+        ns += flushes * c.tlb_flush_ns
+        if self.iommu is not None:
+            ns += self.iommu.follow(change, self.has_context(), self.host.config.per_page_flush)
+            if self.host.check and (self.iommu.kind == "unshared" or self.devices):
                 self._check(change.touched)
         self._peaks()
         inv = (self.iommu.counts.invalidations if self.iommu else 0) - inv_before
@@ -287,7 +311,7 @@ class Domain:
         gfn = iova.astype(np.int64) // GRANULE
         nr = np.left_shift(1, (3 - level.astype(np.int64)) * 9)
         calls = self.counts.p2m_calls
-        out = self.update(gfn, np.zeros_like(gfn), nr, "invalid")
+        out = self.update(gfn, np.zeros_like(gfn), nr, "invalid", one_lock=True)
         self.counts.p2m_calls = calls                       # not p2m_set_entry calls
         self.counts.relinquished_leaves += len(gfn)
         return out
@@ -385,9 +409,15 @@ class Domain:
             self.host.memory.free(mfn, cnt, self.domid)
         self.ram = (np.zeros(0, np.int64),) * 3
         self.xen_pages = (np.zeros(0, np.int64),) * 2
-        self.host.contexts.release(self.domid)
-        self.devices.clear()
         self.final_p2m = st
         self.final_iommu = self.iommu.pt.stats() if self.iommu is not None and self.iommu.kind == "unshared" else None
+        # Freeing a context flushes it (ipmmu_domain_destroy_context: xen-troops/xen:xen/drivers/passthrough/
+        # arm/ipmmu-vmsa-legacy.c @ RELEASE-4.13.0-xt0.2.prod-devel:790; xen-project/xen:xen/drivers/
+        # passthrough/arm/ipmmu-vmsa.c @ RELEASE-4.17.0:600); without a context there is nothing to flush.
+        inv = 1 if self.iommu is not None and self.has_context() else 0
+        if inv:
+            self.iommu.counts.invalidations += 1
+        self.host.contexts.release(self.domid)
+        self.devices.clear()
         self.alive = False
-        return ns, 1 if self.iommu is not None else 0
+        return ns, inv

@@ -27,7 +27,7 @@ from .dom0 import DOM0_SHARED_INFO_PAGE, XEN_IMAGE_OFFSET, allocate_memory_11, x
 from .memory import MachineMemory
 from .toolstack import DTB_PAGES, RAMDISK_OFFSET, RING_GRANTS, Dom0Slots, image_pages
 from .p2m_types import DMA_PERM_BY_CODE
-from .rules import policy_rule
+from .rules import PER_PAGE_FLUSH_VARIANTS, policy_rule
 
 GIB = 1 << 30
 STEP_BATCH_PAGES = (1 << 30) // GRANULE      # RAM is populated in batches of at most 1 GiB
@@ -58,12 +58,18 @@ class HostConfig:
     # balloon steps (the captured Debian kernel has not: it balloons a page out for each).
     dom0_unpopulated_alloc: bool = False
     arrival_spread_ns: float = 1e6        # domains start at seeded times within this window
+    # The per-page API's flush rule (rules.PER_PAGE_FLUSH_VARIANTS): "4.12", once per iommu_map / unmap
+    # call (the caller's flush flags, Xen 4.12 and later); "pre-4.12", once per 4 KiB page.
+    per_page_flush: str = "4.12"
 
     def __post_init__(self):
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose from {list(POLICIES)}")
         if self.api not in APIS:
             raise ValueError(f"unknown driver API {self.api!r}; choose from {list(APIS)}")
+        if self.per_page_flush not in PER_PAGE_FLUSH_VARIANTS:
+            raise ValueError(f"unknown per_page_flush {self.per_page_flush!r}; choose from "
+                             f"{list(PER_PAGE_FLUSH_VARIANTS)}")
         Format.preset(self.iommu_format)
         fmt = Format.preset(self.p2m_format)
         if fmt.stage != 2:

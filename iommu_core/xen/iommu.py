@@ -17,11 +17,11 @@ import numpy as np
 from ..pgtable import Extents, Format, PageTable
 from ..pgtable.accounting import LINES_PER_TABLE
 from ..pgtable.descriptors import MEMTYPE_NAMES, PERM_NAMES
-from ..pgtable.format import ENTRIES_PER_LINE, GRANULE
+from ..pgtable.format import ENTRIES_PER_LINE, ENTRIES_SHIFT, GRANULE, LAST_LEVEL
 from .costs import CostModel
 from .p2m import P2M, Change, translation_view
 from .p2m_types import DMA_PERM_BY_CODE, MEMTYPE_BY_CODE
-from .rules import API_RULES, api_rule
+from .rules import API_RULES, PER_PAGE_FLUSH_VARIANTS, api_rule
 
 APIS = tuple(API_RULES)
 IOMMU_BASE = 0x48_0000_0000           # where the model puts IOMMU table pages
@@ -146,26 +146,26 @@ class UnsharedIommu:
         else:
             cleans = res["cache_lines_written"] + tables * LINES_PER_TABLE
         k.calls += calls
-        k.invalidations += calls
         k.cache_lines_cleaned += cleans
         k.descriptors_written += res["descriptors_written"]
         k.tables_allocated += tables
         k.tables_freed += res["tables_freed"]
         k.block_splits += res["block_splits"]
         call_ns = c.unmap_call_ns if unmap else c.map_call_ns
+        inv_ns = c.iotlb_inv_ns if unmap else 0.0        # a map never invalidates; an unmap syncs (rules.py)
         clean_ns = 0.0 if self.fmt.coherent_walk else c.cache_clean_line_ns
         alloc_ns = tables * (c.table_alloc_ns + LINES_PER_TABLE * clean_ns)
         # Per-call latencies: the run's own work, table allocations spread by pages.
         latency = k.unmap_latency if unmap else k.map_latency
         if per_page:
-            each = call_ns + clean_ns + c.iotlb_inv_ns + (alloc_ns / calls if calls else 0.0)
+            each = call_ns + clean_ns + inv_ns + (alloc_ns / calls if calls else 0.0)
             latency.add_same(calls, each)
-            return calls * each
+            return calls * (each - inv_ns)
         lines = -(-pages // ENTRIES_PER_LINE)
-        lat = (call_ns + (pages - 1) * c.map_page_ns + lines * clean_ns + c.iotlb_inv_ns
+        lat = (call_ns + (pages - 1) * c.map_page_ns + lines * clean_ns + inv_ns
                + alloc_ns * pages / max(n_pages, 1))
         latency.add(np.asarray(lat, float))
-        return float(np.sum(lat))
+        return float(np.sum(lat)) - len(pages) * inv_ns
 
     def map(self, gfn, mfn, nr, type_code) -> float:
         """Mirror P2M writes: map GFN -> MFN with the type's DMA permission. Returns modelled ns."""
@@ -193,14 +193,48 @@ class UnsharedIommu:
         self.counts.pages_unmapped += res["pages_unmapped"]
         return self._account(res, n[keep], unmap=True)
 
-    def follow(self, change: Change) -> float:
-        """Propagate one P2M update, as Xen's p2m_set_entry calls iommu_map / iommu_unmap."""
+    def follow(self, change: Change, context: bool = True, per_page_flush: str = "4.12") -> float:
+        """Propagate one P2M update, as Xen's p2m_set_entry calls iommu_map / iommu_unmap, and
+        count the IOTLB syncs the driver issues for it (none without a context: rules.py)."""
         ns = 0.0
         if len(change.unmapped[0]):
             ns += self.unmap(*change.unmapped)
         if len(change.mapped[0]):
             ns += self.map(*change.mapped)
-        return ns
+        inv = self.syncs(change, per_page_flush) if context else 0
+        self.counts.invalidations += inv
+        return ns + inv * self.costs.iotlb_inv_ns
+
+    def syncs(self, change: Change, per_page_flush: str = "4.12") -> int:
+        """Whole-context syncs one P2M update costs (rules.py, POLICY_RULES' unshared flush rule).
+
+        A map never invalidates; an unmap syncs once (io-pgtable-arm's arm_lpae_unmap ->
+        io_pgtable_tlb_sync, xen-troops/xen:xen/drivers/passthrough/arm/io-pgtable-arm.c @
+        RELEASE-4.13.0-xt0.2.prod-devel:691), and so does a map over a live entry with another
+        MFN (ipmmu_map's remap unmaps first, xen-troops/xen:xen/drivers/passthrough/arm/
+        ipmmu-vmsa-legacy.c @ RELEASE-4.13.0-xt0.2.prod-devel:1143). per-page: one per iommu_unmap /
+        iommu_map call, which the P2M makes per leaf (xen-troops/xen:xen/arch/arm/p2m.c @
+        RELEASE-4.13.0-xt0.2.prod-devel:1058); the "pre-4.12" variant one per 4 KiB page.
+        batched / blocks (DESIGN ASSUMPTION): one per unmap call and one per run of live entries replaced.
+        """
+        if per_page_flush not in PER_PAGE_FLUSH_VARIANTS:
+            raise ValueError(f"unknown per-page flush variant {per_page_flush!r}; choose from "
+                             f"{list(PER_PAGE_FLUSH_VARIANTS)}")
+        ev = change.leaves
+        if self.rule.per_page_calls:
+            if ev is None or not len(ev):
+                return 0
+            live = ev.old_valid & (ev.removing | ~ev.same_mfn) & (ev.page < self.fmt.ia_pages)
+            if per_page_flush == "4.12":
+                return int(live.sum())
+            size = np.left_shift(1, (LAST_LEVEL - ev.level[live].astype(np.int64)) * ENTRIES_SHIFT)
+            return int(size.sum())
+        gfn, nr = change.unmapped
+        rs, re = change.removed
+        reach = gfn < self.fmt.ia_pages
+        calls = int(_overlapping(gfn[reach], nr[reach], rs, re).sum()) if len(rs) else 0
+        ms, _ = change.modified
+        return calls + int((ms < self.fmt.ia_pages).sum())
 
     def populate(self, p2m: P2M) -> float:
         """Build the table from a whole P2M (no M2P on ARM: walk the P2M by GFN)."""
@@ -241,12 +275,20 @@ class SharedIommu:
         self.costs = costs or CostModel()
         self.counts = IommuCounts()
 
-    def follow(self, change: Change) -> float:
-        if not change.live_changed:             # new entries leave nothing stale in the IOTLB
+    def follow(self, change: Change, context: bool = True, per_page_flush: str = "4.12") -> float:
+        """One whole-context flush after every leaf whose old or new entry is valid (__p2m_set_entry ->
+        iommu_iotlb_flush, xen-project/xen:xen/arch/arm/p2m.c @ RELEASE-4.17.0:1204; ipmmu_iotlb_flush
+        flushes the whole context, xen-project/xen:xen/drivers/passthrough/arm/ipmmu-vmsa.c @
+        RELEASE-4.17.0:1003), none while the domain holds no context (ipmmu-vmsa.c @ RELEASE-4.17.0:1011)."""
+        ev = change.leaves
+        if not context or ev is None:
             return 0.0
-        self.counts.invalidations += 1
-        self.counts.map_latency.add(np.array([self.costs.iotlb_inv_ns]))
-        return self.costs.iotlb_inv_ns
+        n = int((~ev.removing | ev.old_valid).sum())
+        if not n:
+            return 0.0
+        self.counts.invalidations += n
+        self.counts.map_latency.add_same(n, self.costs.iotlb_inv_ns)
+        return n * self.costs.iotlb_inv_ns
 
     def populate(self, p2m: P2M) -> float:
         return 0.0
@@ -258,6 +300,13 @@ class SharedIommu:
         return gfn_ranges
 
     table_bytes = 0
+
+
+def _overlapping(gfn: np.ndarray, nr: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Per extent [gfn, gfn + nr): whether it overlaps one of the sorted disjoint ranges."""
+    k = np.searchsorted(ends, gfn, side="right")         # first range ending after the extent's start
+    k = np.minimum(k, len(starts) - 1)
+    return (starts[k] < gfn + nr) & (ends[k] > gfn)
 
 
 def _as_counts(ranges):
