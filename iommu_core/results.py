@@ -19,9 +19,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 # 2: map_calls, unmap_calls (to pool latencies over domains); 3: Xen's own P2M counters and the
-# table's true leaves per level, and the leaves relinquish_p2m_mapping removed.
-SCHEMA_VERSION = "3"
-READABLE_VERSIONS = ("2", "3")     # version 2 rows read with the newer columns null
+# table's true leaves per level, and the leaves relinquish_p2m_mapping removed; 4: p2m_cache_lines_cleaned,
+# create_refused_context, and invalidations / tlb_flushes / cache_lines_cleaned under Xen's own rules (rules.py).
+SCHEMA_VERSION = "4"
+READABLE_VERSIONS = ("2", "3", "4")     # older rows read with the newer columns null
 PARTITIONS = ("scenario", "policy", "api")
 
 
@@ -45,11 +46,19 @@ FIELDS = [
     _f("iommu_min_table_bytes", I64, "bytes"), _f("toolstack_reserved_bytes", I64, "bytes"),
     _f("iommu_used_over_reserved", F64, "ratio"), _f("iommu_bytes_over_ram", F64, "ratio"),
     _f("calls", I64), _f("descriptors_written", I64), _f("tables_allocated", I64), _f("tables_freed", I64),
-    _f("block_splits", I64), _f("invalidations", I64), _f("cache_lines_cleaned", I64, "lines"),
+    _f("block_splits", I64),
+    _f("invalidations", I64, "invalidations", "IOTLB invalidations issued to the IOMMU (whole-context flushes), "
+       "under the rules of rules.py"),
+    _f("cache_lines_cleaned", I64, "cleans", "the unshared table's cache cleans: one per entry written plus "
+       "64 per new table page"),
     _f("populate_pages", I64, "pages"), _f("unreachable_pages", I64, "pages"),
     _f("assign_refused_context", I64), _f("assign_refused_undeclared", I64),
     _f("p2m_calls", I64), _f("p2m_descriptors_written", I64), _f("p2m_tables_allocated", I64),
-    _f("p2m_block_splits", I64), _f("tlb_flushes", I64),
+    _f("p2m_block_splits", I64),
+    _f("tlb_flushes", I64, "flushes", "stage-2 TLB flushes: one per leaf written over a valid entry, one per "
+       "split, one deferred per locked update with removals"),
+    _f("p2m_cache_lines_cleaned", I64, "cleans", "P2M cache cleans (clean_pte: IOMMU enabled, walker not "
+       "coherent): one per entry written plus 64 per new table page"),
     _f("p2m_relinquished_leaves", I64, "leaves", "removed by relinquish_p2m_mapping at destroy"),
     *[_f(f"p2m_mappings_{s}", I64, "leaves", f"Xen 4.17's own {s.upper()} mappings counter (debug key q)")
       for s in ("1g", "2m", "4k")],

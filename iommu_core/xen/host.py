@@ -402,7 +402,7 @@ class Host:
             "assign_refused_undeclared": k.assign_refused_undeclared,
             "p2m_calls": k.p2m_calls, "p2m_descriptors_written": p2m["descriptors_written"],
             "p2m_tables_allocated": p2m["tables_allocated"], "p2m_block_splits": p2m["block_splits"],
-            "tlb_flushes": k.tlb_flushes, "p2m_relinquished_leaves": k.relinquished_leaves,
+            "tlb_flushes": k.tlb_flushes, "p2m_cache_lines_cleaned": k.p2m_cache_lines_cleaned, "p2m_relinquished_leaves": k.relinquished_leaves,
             **{f"p2m_{key}": v for key, v in (d.p2m.xen_counters() if d.alive else d.final_xen).items()},
             "boot_ns": k.boot_ns, "assign_ns": max(k.assign_ns, default=0.0), "teardown_ns": k.teardown_ns,
             "inv_wait_ns": k.inv_wait_ns,

@@ -34,7 +34,7 @@ class PolicyRule:
     name: str
     kind: str                     # "unshared": a second table; "shared": the IOMMU walks the P2M
     source: str                   # the code followed, or DESIGN
-    table_at: str                 # "create" | "create-if-passthrough" | "first-assign" | "never"
+    table_at: str                 # "create" | "create-if-passthrough" | "first-assign" (shared: IOMMU enabled)
     context_at: str               # "create" (with the table) | "first-assign"
     context_freed_at: str         # "teardown" | "last-deassign"
     context0_reserved: bool       # the driver keeps context 0 for itself
@@ -83,8 +83,11 @@ POLICY_RULES: dict[str, PolicyRule] = {
         "shared", "shared",
         f"{IPMMU_C}:1118 (context at the first assign_device, ipmmu_alloc_root_domain :1079; context 0 "
         f"reserved :978; freed at teardown only, :1339)",
-        table_at="first-assign", context_at="first-assign", context_freed_at="teardown", context0_reserved=True,
-        refuse_undeclared_assign=False, populate_at_assign=False,
+        # No table: table_at is when the IOMMU is enabled for the domain (clean_pte follows it): at
+        # creation with XEN_DOMCTL_CDF_iommu (xen-project/xen:xen/common/domain.c @ RELEASE-4.17.0:481;
+        # dom0 always), else (a model choice: 4.17 refuses it) at the hot-plug.
+        table_at="create-if-passthrough", context_at="first-assign", context_freed_at="teardown",
+        context0_reserved=True, refuse_undeclared_assign=False, populate_at_assign=False,
         flush=(f"one whole-context flush after every leaf whose old or new entry is valid (__p2m_set_entry -> "
                f"iommu_iotlb_flush, {P2M_C}:1204; ipmmu_iotlb_flush invalidates the whole context, "
                f"{IPMMU_C}:1003); nothing before the domain holds a context ({IPMMU_C}:1011)"),
