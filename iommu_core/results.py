@@ -53,6 +53,8 @@ FIELDS = [
        "64 per new table page"),
     _f("populate_pages", I64, "pages"), _f("unreachable_pages", I64, "pages"),
     _f("assign_refused_context", I64), _f("assign_refused_undeclared", I64),
+    _f("create_refused_context", I64, doc="1 when the domain's creation was refused for lack of an IPMMU "
+       "context (unshared, as XT allocates it at creation); the domain then has no other activity"),
     _f("p2m_calls", I64), _f("p2m_descriptors_written", I64), _f("p2m_tables_allocated", I64),
     _f("p2m_block_splits", I64),
     _f("tlb_flushes", I64, "flushes", "stage-2 TLB flushes: one per leaf written over a valid entry, one per "

@@ -79,6 +79,7 @@ class DomainCounts:
     tlb_flushes: int = 0
     p2m_cache_lines_cleaned: int = 0     # clean_pte: P2M entry cleans plus whole new table pages (64 lines)
     assign_refused_context: int = 0
+    create_refused_context: int = 0      # 1: no context was free at creation (unshared, XT): no other activity
     assign_refused_undeclared: int = 0
     mismatches: int = 0
     peak_p2m_bytes: int = 0
@@ -203,6 +204,7 @@ class Domain:
         self.xen_pages = (np.zeros(0, np.int64),) * 2  # (mfn, count) of grant / magic pages
         self.ram_pages = 0
         self.alive = True
+        self.refused = False                     # creation refused: the domain does nothing else
 
     @property
     def policy(self) -> str:
@@ -230,7 +232,16 @@ class Domain:
 
     def create(self) -> tuple[float, int]:
         self._record("create")
-        if self.rule.table_at_create(self.spec.passthrough):
+        rule = self.rule
+        if rule.table_at_create(self.spec.passthrough):
+            # XT allocates table and context at domain creation and fails the creation when no context
+            # is free (ipmmu_vmsa_domain_init -> ipmmu_domain_init_context: xen-troops/xen:xen/drivers/
+            # passthrough/arm/ipmmu-vmsa-legacy.c @ RELEASE-4.13.0-xt0.2.prod-devel:1712, -EBUSY at :632),
+            # on the root IPMMU (ipmmu_find_root, :1666).
+            if rule.context_at == "create" and not self.host.contexts.acquire(self.domid, 0):
+                self.counts.create_refused_context = 1
+                self.refused = True
+                return 0.0, 0
             self.iommu = self._new_iommu()
         return 0.0, 0
 
@@ -390,7 +401,8 @@ class Domain:
         with self._quiet():
             ns, inv = self.update(mmio[0], mmio[0], mmio[1], "invalid")
         ipmmu = self.devices.pop(device)
-        if ipmmu not in self.devices.values():
+        # Both real drivers keep the context until the domain goes (rules.py: context_freed_at).
+        if self.rule.context_freed_at == "last-deassign" and ipmmu not in self.devices.values():
             self.host.contexts.release(self.domid, ipmmu)
         return ns, inv
 

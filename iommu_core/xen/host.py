@@ -88,7 +88,10 @@ class Host:
         self.iommu_format, self.p2m_format = config.iommu_format, config.p2m_format
         self.costs = costs or CostModel()
         self.memory = MachineMemory(board.ram_banks, config.fragmentation, config.seed)
-        self.contexts = Contexts(board.ipmmu_contexts - board.reserved_contexts, board.ipmmus)
+        # Upstream (shared) reserves context 0 (ipmmu-vmsa.c @ RELEASE-4.17.0:978); XT does not (all of
+        # num_ctx usable, ipmmu-vmsa-legacy.c @ RELEASE-4.13.0-xt0.2.prod-devel:1398).
+        reserved = board.reserved_contexts if policy_rule(config.policy).context0_reserved else 0
+        self.contexts = Contexts(board.ipmmu_contexts - reserved, board.ipmmus)
         self.domains: list[Domain] = []
         self.queue_free = 0.0
         self.rng = np.random.default_rng(config.seed)
@@ -288,6 +291,8 @@ class Host:
     def _act(self, d: Domain, actions: list):
         ns, inv, ran = 0.0, 0, False
         for act in actions:
+            if d.refused or (act[0] == "update" and self.domains[act[1]].refused):
+                continue
             if act[0] == "create":
                 out = d.create()
             elif act[0] == "update":
@@ -320,7 +325,7 @@ class Host:
             t0 = clock[i]
             if rec is not None:
                 rec.begin(i, k, label, t0)
-            if step is not None:
+            if step is not None and not d.refused:          # a refused creation: nothing more
                 out = step()
                 if out is not None:
                     ns, inv = out
@@ -398,7 +403,7 @@ class Host:
             "cache_lines_cleaned": iommu.cache_lines_cleaned if iommu else 0,
             "populate_pages": iommu.populate_pages if iommu else 0,
             "unreachable_pages": iommu.unreachable_pages if iommu else 0,
-            "assign_refused_context": k.assign_refused_context,
+            "assign_refused_context": k.assign_refused_context, "create_refused_context": k.create_refused_context,
             "assign_refused_undeclared": k.assign_refused_undeclared,
             "p2m_calls": k.p2m_calls, "p2m_descriptors_written": p2m["descriptors_written"],
             "p2m_tables_allocated": p2m["tables_allocated"], "p2m_block_splits": p2m["block_splits"],
