@@ -108,6 +108,21 @@ def tlb_flushes(change, one_lock: bool = False) -> int:
     return modified + splits + deferred
 
 
+# Linux's balloon asks Xen for order-0 extents, in and out ("one extent per PAGE_SIZE":
+# torvalds/linux:drivers/xen/mem-reservation.c @ 30c0923370175a01a806b23d797f1d9f2f3e4f40:26, EXTENT_ORDER,
+# used by xenmem_reservation_increase / _decrease): each page is its own p2m call.
+BALLOON_RULE = "order-0"
+
+
+def _pages(start: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Every page of the runs [start, start + count), in order."""
+    count = np.asarray(count, np.int64)
+    if not len(count):
+        return np.zeros(0, np.int64)
+    first = np.repeat(np.asarray(start, np.int64) - np.concatenate(([0], np.cumsum(count)[:-1])), count)
+    return first + np.arange(int(count.sum()), dtype=np.int64)
+
+
 def p2m_cleans(change) -> int:
     """P2M cache cleans of one batch when clean_pte is on (rules.py, the clean rule): every entry
     write is cleaned (p2m_write_pte, xen-project/xen:xen/arch/arm/p2m.c @ RELEASE-4.17.0:789):
@@ -299,13 +314,17 @@ class Domain:
             k.peak_iommu_bytes = max(k.peak_iommu_bytes, self.iommu.table_bytes)
 
     # -- life-cycle steps ----------------------------------------------------------
-    def populate_ram(self, npages: int) -> tuple[float, int]:
-        """Allocate host memory for the next npages of guest RAM and map it: one call per libxc extent."""
+    def populate_ram(self, npages: int, order0: bool = False) -> tuple[float, int]:
+        """Allocate host memory for the next npages of guest RAM and map it: one call per libxc extent,
+        or (order0: the guest's balloon) one call per 4 KiB page (BALLOON_RULE)."""
         mfn, mcount = self.host.memory.alloc(npages, self.domid)
         gfn, mfn, nr = place(guest_ram_gfns(self.ram_pages, npages), mfn, mcount)
         self.ram_pages += npages
         self.ram = tuple(np.concatenate((a, b)) for a, b in zip(self.ram, (gfn, mfn, nr)))
         self.counts.p2m_pages_mapped += npages
+        if order0:
+            g, m = _pages(gfn, nr), _pages(mfn, nr)
+            return self.update(g, m, np.ones(len(g), np.int64), "ram_rw")
         return self.update(*libxc_extents(gfn, mfn, nr), "ram_rw")
 
     def populate_magic(self) -> tuple[float, int]:
@@ -411,7 +430,8 @@ class Domain:
         return self.update(gfn, mfn, nr, "map_foreign_rw")
 
     def balloon_out(self, npages: int) -> tuple[float, int]:
-        """Give back the last npages of RAM to the host."""
+        """Give back the last npages of RAM to the host, one 4 KiB page per call (BALLOON_RULE): each
+        page its own P2M removal (guest_remove_page, under its own lock) with its own flushes."""
         gfn, mfn, nr = self.ram
         ends = np.cumsum(nr[::-1])
         k = int(np.searchsorted(ends, npages)) + 1           # extents from the end that cover npages
@@ -422,7 +442,8 @@ class Domain:
         g = gfn + nr - take
         m = mfn + nr - take
         sel = take > 0
-        ns, inv = self.update(g[sel], 0, take[sel], "invalid")
+        pages = _pages(g[sel], take[sel])
+        ns, inv = self.update(pages, 0, np.ones(len(pages), np.int64), "invalid")
         if self.host.memory is not None:              # None when replaying a trace
             self.host.memory.free(m[sel], take[sel], self.domid)
         keep = nr - take

@@ -178,7 +178,7 @@ class Host:
         if spec.balloon_bytes:
             n = spec.balloon_bytes // GRANULE
             steps.append(("balloon-out", lambda: d.balloon_out(n)))
-            steps.append(("balloon-in", lambda: d.populate_ram(n)))
+            steps.append(("balloon-in", lambda: d.populate_ram(n, order0=True)))
         for name in spec.hotplug:
             steps.append(("assign", lambda name=name: self._assign(d, name)))
         for name in spec.unplug:
