@@ -313,3 +313,17 @@ def test_p2m_entry_writes_are_cleaned_when_the_iommu_is_enabled(policy, cleans):
 def test_no_p2m_cleans_without_an_iommu():
     _, r = run("declared", "batched")
     assert r["guest"]["p2m_cache_lines_cleaned"] == 0 and r["driver"]["p2m_cache_lines_cleaned"] > 0
+
+
+def test_invalidations_wait_per_context_unless_the_host_queue_is_chosen():
+    # One flush register per context (IMCTR, under the domain's lock): the tiny guest flushes only
+    # its own context in its own steps (dom0's toolstack loads flush dom0's, which then is idle), so it
+    # never waits; the same counts either way.
+    _, r = run("shared", specs=tiny())
+    assert r["g"]["inv_wait_ns"] == 0
+    _, pc = run("shared")
+    _, hq = run("shared", invalidation_queue="host")        # the former host-wide queue, a labelled option
+    assert {k: v["invalidations"] for k, v in pc.items()} == {k: v["invalidations"] for k, v in hq.items()}
+    assert sum(v["inv_wait_ns"] for v in hq.values()) >= sum(v["inv_wait_ns"] for v in pc.values())
+    with pytest.raises(ValueError, match="invalidation_queue"):
+        HostConfig(invalidation_queue="global")

@@ -293,6 +293,7 @@ class Domain:
                 self._check(change.touched)
         self._peaks()
         inv = (self.iommu.counts.invalidations if self.iommu else 0) - inv_before
+        self.host.step_inv[self.domid] = self.host.step_inv.get(self.domid, 0) + inv
         return ns - inv * c.iotlb_inv_ns, inv
 
     def _check(self, gfn_ranges) -> None:
