@@ -63,12 +63,12 @@ def test_per_page_calls_per_page_batched_per_call():
     assert g_pp["cache_lines_cleaned"] == g_bt["cache_lines_cleaned"]
 
 
-def tiny(destroy=False, balloon=True):
+def tiny(destroy=False, balloon=True, grant_pages=0):
     """dom0 and one 4 MiB domU with SDHI0 (2 pages of MMIO) from creation: counts by hand."""
     from iommu_core.xen.domain import DomainSpec
     return [load_scenario("small-h3").specs[0],
             DomainSpec("g", "guest", 4 * MIB, passthrough=True, devices=("sdhi0",), balloon_bytes=MIB if balloon else 0,
-                       kernel_kib=16, ramdisk_kib=0, destroy=destroy)]
+                       kernel_kib=16, ramdisk_kib=0, destroy=destroy, grant_pages=grant_pages)]
 
 
 @pytest.mark.parametrize("policy, api, invalidations", [
@@ -327,3 +327,17 @@ def test_invalidations_wait_per_context_unless_the_host_queue_is_chosen():
     assert sum(v["inv_wait_ns"] for v in hq.values()) >= sum(v["inv_wait_ns"] for v in pc.values())
     with pytest.raises(ValueError, match="invalidation_queue"):
         HostConfig(invalidation_queue="global")
+
+
+def test_foreign_mappings_are_single_4k_entries():
+    # dom0's backend maps 600 pages of the guest's RAM (its first 2 MiB block and more, 2 MiB-aligned on
+    # both sides): each a 4 KiB foreign mapping, one p2m call each (xenmem_add_to_physmap_one, order 0),
+    # so dom0 gets 600 more 4 KiB leaves, no 2 MiB leaf, and 600 more calls; unmapped page by page at destroy.
+    _, base = run("eager", specs=tiny(balloon=False))
+    _, r = run("eager", specs=tiny(balloon=False, grant_pages=600))
+    d0, b0 = r["dom0"], base["dom0"]
+    assert d0["p2m_leaves_4k"] - b0["p2m_leaves_4k"] == 600
+    assert d0["p2m_leaves_2m"] == b0["p2m_leaves_2m"]
+    assert d0["p2m_calls"] - b0["p2m_calls"] == 600
+    _, r = run("eager", specs=tiny(balloon=False, grant_pages=600, destroy=True))
+    assert r["dom0"]["p2m_calls"] - b0["p2m_calls"] == 1200 + 2 * 2     # and the two rings' unmap + return

@@ -24,6 +24,7 @@ from ..pgtable import Format, PageTable
 from ..pgtable.format import GRANULE
 from .costs import CostModel
 from .domain import DOM0_FOREIGN_GFN, GUEST_RAM0, POLICIES, Domain, DomainSpec
+from .domain import _pages as _pages_of
 from .iommu import APIS, SHARED_MAX_IPA_BITS, Contexts, NotApplicable
 from .dom0 import DOM0_SHARED_INFO_PAGE, XEN_IMAGE_OFFSET, allocate_memory_11, xen_held
 from .memory import MachineMemory
@@ -211,8 +212,15 @@ class Host:
         k = int(np.searchsorted(ends, d.spec.grant_pages)) + 1
         cnt = nr[:k].copy()
         cnt[-1] -= int(ends[k - 1]) - d.spec.grant_pages
-        d.backend = (gfn0 + np.concatenate(([0], np.cumsum(cnt)[:-1])), cnt)
-        return dom0.map_foreign(d.backend[0], mfn[:k], cnt)
+        # Every foreign mapping is one 4 KiB entry: XENMEM_add_to_physmap_batch maps one gpfn per index
+        # (xenmem_add_to_physmap_one, XENMAPSPACE_gmfn_foreign: one p2m_map_foreign_rw page,
+        # xen-project/xen:xen/arch/arm/mm.c @ RELEASE-4.17.0:1385, added with order 0 at :1414),
+        # so one p2m call per page, and one per page again when the backend unmaps it.
+        pages = np.arange(d.spec.grant_pages, dtype=np.int64)
+        mfns = _pages_of(mfn[:k], cnt)
+        one = np.ones(len(pages), np.int64)
+        d.backend = (gfn0 + pages, one)
+        return dom0.map_foreign(d.backend[0], mfns, one)
 
     def _slots(self, dom0: Domain) -> Dom0Slots:
         if self.dom0_slots is None:
