@@ -341,3 +341,14 @@ def test_foreign_mappings_are_single_4k_entries():
     assert d0["p2m_calls"] - b0["p2m_calls"] == 600
     _, r = run("eager", specs=tiny(balloon=False, grant_pages=600, destroy=True))
     assert r["dom0"]["p2m_calls"] - b0["p2m_calls"] == 1200 + 2 * 2     # and the two rings' unmap + return
+
+
+def test_a_scenario_file_selects_the_variant_rules(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('[scenario]\nname = "v"\nboard = "h3"\nper_page_flush = "pre-4.12"\ninvalidation_queue = "host"\n')
+    s = load_scenario(str(f))
+    cfg = s.host_config(policy="eager", api="per-page")
+    assert cfg.per_page_flush == "pre-4.12" and cfg.invalidation_queue == "host"
+    f.write_text('[scenario]\nname = "v"\nboard = "h3"\nper_page_flush = "4.11"\n')
+    with pytest.raises(ValueError, match="per_page_flush"):
+        load_scenario(str(f))

@@ -20,6 +20,8 @@ Format (every table and key below; anything else is an error)::
                                  # foreign mappings need no ballooned page (default false,
                                  # as the captured Debian kernel)
     arrival_spread_ms = 1.0      # default 1.0: domUs start at seeded times in [0, this)
+    per_page_flush = "4.12"      # variant rule (rules.py): "4.12" (default) or "pre-4.12"
+    invalidation_queue = "per-context"  # "per-context" (default, real) or "host" (design assumption)
 
     [board_options]              # optional: keyword arguments of the board profile
     ram_gib = 512                #   (server: ram_gib, functions; h3 and m3w take none)
@@ -97,8 +99,9 @@ from ..xen.board import BOARDS, Board, checked_int
 from ..xen.board import board as make_board
 from ..xen.domain import MAGIC_PAGES, DomainSpec
 from ..xen.geometry import p2m_format_for
-from ..xen.host import HostConfig
+from ..xen.host import INVALIDATION_QUEUES, HostConfig
 from ..xen.iommu import SHARED_MAX_IPA_BITS
+from ..xen.rules import PER_PAGE_FLUSH_VARIANTS
 from ..xen.toolstack import KERNEL_KIB, RAMDISK_KIB
 
 MIB = 1 << 20
@@ -107,7 +110,7 @@ XEN_CAPTURE = DATA / "xen-real"          # a copy of shared/xen-real's call log,
 KINDS = ("driver", "guest", "infotainment", "small", "large")
 
 SCENARIO_KEYS = {"name", "description", "board", "dom0_mem_mib", "arrival_spread_ms", "pa_bits",
-                 "dom0_unpopulated_alloc"}
+                 "dom0_unpopulated_alloc", "per_page_flush", "invalidation_queue"}
 # P2M formats a run can ask for; "auto" is the one Xen 4.17 builds on the scenario's CPU.
 P2M_FORMAT_CHOICES = ("auto", "p2m-s2-32", "p2m-s2-36", "p2m-s2-40", "p2m-s2-42", "p2m-s2-44", "p2m-s2-48")
 DEFAULT_P2M_FORMAT = "p2m-s2-40"          # when nothing says the CPU's PA size
@@ -132,12 +135,16 @@ class Scenario:
     arrival_spread_ns: float
     pa_bits: int | None = None           # the CPU's PA size (None: unknown)
     dom0_unpopulated_alloc: bool = False
+    per_page_flush: str = "4.12"             # rules.PER_PAGE_FLUSH_VARIANTS
+    invalidation_queue: str = "per-context"  # host.INVALIDATION_QUEUES
 
     def host_config(self, **overrides) -> HostConfig:
         """A HostConfig with this scenario's dom0 memory and arrival spread (and `overrides`)."""
         overrides["p2m_format"] = resolve_p2m_format(overrides.get("p2m_format", "auto"), self.pa_bits,
                                                      overrides.get("policy", "eager"))
         overrides.setdefault("dom0_unpopulated_alloc", self.dom0_unpopulated_alloc)
+        overrides.setdefault("per_page_flush", self.per_page_flush)
+        overrides.setdefault("invalidation_queue", self.invalidation_queue)
         return HostConfig(dom0_mem=self.dom0_mem, arrival_spread_ns=self.arrival_spread_ns, **overrides)
 
 
@@ -321,7 +328,11 @@ class _Reader:
         return Scenario(name=name, description=description, board=b, specs=tuple(specs),
                         dom0_mem=dom0_mib * MIB, arrival_spread_ns=spread_ms * 1e6, pa_bits=pa_bits,
                         dom0_unpopulated_alloc=self.bool_(sc, "dom0_unpopulated_alloc",
-                                                          "scenario.dom0_unpopulated_alloc"))
+                                                          "scenario.dom0_unpopulated_alloc"),
+                        per_page_flush=self.str_(sc, "per_page_flush", "scenario.per_page_flush", "4.12",
+                                                 PER_PAGE_FLUSH_VARIANTS),
+                        invalidation_queue=self.str_(sc, "invalidation_queue", "scenario.invalidation_queue",
+                                                     "per-context", INVALIDATION_QUEUES))
 
     def tree(self, name: str) -> Board:
         """A board read from a device tree, its path relative to the scenario file."""
