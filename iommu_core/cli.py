@@ -137,13 +137,15 @@ DOMAIN_COLUMNS = [("domain", "domain"), ("kind", "kind"), ("ram_mib", "RAM MiB")
                   ("boot_ms", "boot ms"), ("assign_ms", "assign ms"), ("map_lat", "map us (sd)"),
                   ("mismatches", "mismatch")]
 HOST_COLUMNS = [("policy", "policy"), ("api", "api"), ("iommu_table_bytes", "IOMMU bytes"),
-                ("invalidations", "invalid."), ("cache_lines_cleaned", "cleans"), ("populate_pages", "populated"),
+                ("invalidations", "invalid."), ("cache_lines_cleaned", "cleans"),
+                ("p2m_cache_lines_cleaned", "P2M cleans"), ("tlb_flushes", "TLB flushes"), ("populate_pages", "populated"),
                 ("refused", "refused"), ("boot_ms", "max boot ms"), ("assign_ms", "max assign ms"),
                 ("mismatches", "mismatch"), ("wall_s", "wall s")]
 
 
 def _domain_row(r: dict) -> dict:
-    return {**r, "ram_mib": r["ram_bytes"] >> 20, "refused": r["assign_refused_context"] + r["assign_refused_undeclared"],
+    return {**r, "ram_mib": r["ram_bytes"] >> 20,
+            "refused": r["assign_refused_context"] + r["assign_refused_undeclared"] + r["create_refused_context"],
             "boot_ms": r["boot_ns"] / 1e6, "assign_ms": r["assign_ns"] / 1e6,
             "map_lat": f"{r['map_lat_mean_us']:.3f} ({r['map_lat_std_us']:.3f})"}
 
@@ -151,7 +153,8 @@ def _domain_row(r: dict) -> dict:
 def _host_row(policy: str, api: str, records: list[dict]) -> dict:
     rows = [_domain_row(r) for r in records]
     total = {k: sum(r[k] for r in rows) for k in ("iommu_table_bytes", "invalidations", "cache_lines_cleaned",
-                                                 "populate_pages", "refused", "mismatches")}
+                                                 "p2m_cache_lines_cleaned", "tlb_flushes", "populate_pages",
+                                                 "refused", "mismatches")}
     return {"policy": policy, "api": api, **total, "boot_ms": max(r["boot_ms"] for r in rows),
             "assign_ms": max(r["assign_ms"] for r in rows), "wall_s": records[0]["engine_wall_s"]}
 

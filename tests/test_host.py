@@ -352,3 +352,14 @@ def test_a_scenario_file_selects_the_variant_rules(tmp_path):
     f.write_text('[scenario]\nname = "v"\nboard = "h3"\nper_page_flush = "4.11"\n')
     with pytest.raises(ValueError, match="per_page_flush"):
         load_scenario(str(f))
+
+
+def test_the_readme_shows_the_rules_table():
+    from pathlib import Path
+
+    from iommu_core.xen import rules
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert rules.markdown() in readme
+    assert all(r.source for r in rules.POLICY_RULES.values())
+    assert {a for a, r in rules.API_RULES.items() if r.source.startswith(rules.DESIGN)} == {"batched", "blocks"}
+    assert rules.POLICY_RULES["lazy"].source.startswith(rules.DESIGN)
