@@ -122,6 +122,14 @@ API_RULES: dict[str, ApiRule] = {
         flush="unshared: one whole-context sync per unmap call and per run of live entries replaced"),
 }
 
+# The unshared table's formats: which is real, which is a what-if (issue 13 row 12).
+FORMAT_RULES = {
+    "ipmmu-s1-39": f"XT on R-Car Gen3: the 64-bit stage-1 format (ARM_64_LPAE_S1) with a 39-bit input "
+                   f"(imctr_va64, {XT}:1315; ias 39 at :657, the format at :667)",
+    "ipmmu-s1-32": "WHAT-IF: Linux's choice (32-bit LPAE stage 1, 32-bit input); XT uses it only on IPMMUs "
+                   f"without imctr_va64 (pre-Gen3, {XT}:1306)",
+}
+
 # Stage-2 TLB and P2M write rules (every policy), cited where the model applies them.
 TLB_RULE = (f"one synchronous stage-2 TLB flush per modified valid leaf (break-before-make, {P2M_C}:1190), one "
             f"per superpage split ({P2M_C}:1114), one deferred per locked update that removed a valid entry "
@@ -155,6 +163,8 @@ def markdown() -> str:
     for a in API_RULES.values():
         rows.append(f"| API `{a.name}` | {'one call per 4 KiB page' if a.per_page_calls else 'one call per run'}, "
                     f"{'4 KiB' if a.leaf == '4k' else '4 KiB / 2 MiB / 1 GiB'} leaves; {a.flush} | {a.source} |")
+    for name, text in FORMAT_RULES.items():
+        rows.append(f"| format `{name}` | {text} | (cited in the rule) |")
     rows.append(f"| stage-2 TLB flushes (every policy) | {TLB_RULE} | (cited in the rule) |")
     rows.append(f"| cache cleans (every policy) | {_CLEAN} | (cited in the rule) |")
     return "\n".join(rows) + "\n"
