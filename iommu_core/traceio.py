@@ -21,8 +21,8 @@ from .xen.board import Board, DmaMaster, MmioRegion
 from .xen.domain import DomainSpec
 from .xen.trace import COLUMNS, OPS, VALID_TYPES
 
-SCHEMA_VERSION = "2"
-READABLE_VERSIONS = ("1", "2")          # version 1 lacks seq, caller and hypercall
+SCHEMA_VERSION = "3"
+READABLE_VERSIONS = ("1", "2", "3")     # version 1 lacks seq, caller and hypercall; 3 adds grant_map / grant_unmap
 
 
 def _field(name, typ, doc):

@@ -1,11 +1,13 @@
 """Hosts of domains under each policy: who gets a table, what is refused, what leaks."""
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iommu_core.scenarios.files import load_scenario
 from iommu_core.xen.board import board
+from iommu_core.xen.dom0 import DOMID_XEN
 from iommu_core.xen.domain import DomainSpec
 from iommu_core.xen.host import WALL_FIELDS, Host, HostConfig, toolstack_reservation
 from iommu_core.xen.iommu import NotApplicable
@@ -149,8 +151,10 @@ def test_teardown_returns_every_page_and_context():
         DomainSpec(f"d{i}", "guest", 64 * MIB, passthrough=True, devices=(f"sdhi{i}",), grant_pages=16,
                    balloon_bytes=8 * MIB, destroy=True) for i in range(3)]
     host, r = run("eager", specs=specs, b=b)
-    # dom0 keeps its RAM and the two Xen pages its Linux maps (shared_info, a grant-table frame).
-    assert host.memory.free_pages == host.memory.total_pages - (256 * MIB >> 12) - 2
+    # dom0 keeps its RAM and the two Xen pages its Linux maps (shared_info, a grant-table frame); Xen
+    # keeps its image (2 MiB: 512 pages) for good.
+    assert host.memory.owned_pages(DOMID_XEN) == 512
+    assert host.memory.free_pages == host.memory.total_pages - (256 * MIB >> 12) - 2 - 512
     assert host.contexts.holders == {0}
     assert all(x["destroyed"] and x["p2m_table_bytes_final"] == 0 for k, x in r.items() if k != "dom0")
     host.memory.check()
@@ -201,7 +205,7 @@ def test_random_life_cycles_keep_the_invariant_and_leak_nothing(specs, policy, a
     records = host.run(specs)               # the invariant is checked after every step
     assert all(r["mismatches"] == 0 for r in records)
     alive = [d for d in host.domains if d.alive]
-    held = sum(host.memory.owned_pages(d.domid) for d in alive)
+    held = sum(host.memory.owned_pages(d.domid) for d in alive) + host.memory.owned_pages(DOMID_XEN)
     assert host.memory.free_pages + held == host.memory.total_pages
     assert all(host.memory.owned_pages(d.domid) == 0 for d in host.domains if not d.alive)
     # Contexts are held from creation (unshared) or the first assignment (shared) until teardown.
@@ -329,18 +333,55 @@ def test_invalidations_wait_per_context_unless_the_host_queue_is_chosen():
         HostConfig(invalidation_queue="global")
 
 
-def test_foreign_mappings_are_single_4k_entries():
-    # dom0's backend maps 600 pages of the guest's RAM (its first 2 MiB block and more, 2 MiB-aligned on
-    # both sides): each a 4 KiB foreign mapping, one p2m call each (xenmem_add_to_physmap_one, order 0),
-    # so dom0 gets 600 more 4 KiB leaves, no 2 MiB leaf, and 600 more calls; unmapped page by page at destroy.
-    _, base = run("eager", specs=tiny(balloon=False))
-    _, r = run("eager", specs=tiny(balloon=False, grant_pages=600))
-    d0, b0 = r["dom0"], base["dom0"]
-    assert d0["p2m_leaves_4k"] - b0["p2m_leaves_4k"] == 600
-    assert d0["p2m_leaves_2m"] == b0["p2m_leaves_2m"]
-    assert d0["p2m_calls"] - b0["p2m_calls"] == 600
-    _, r = run("eager", specs=tiny(balloon=False, grant_pages=600, destroy=True))
-    assert r["dom0"]["p2m_calls"] - b0["p2m_calls"] == 1200 + 2 * 2     # and the two rings' unmap + return
+def _dom0(policy, api, **kw):
+    # unpopulated-alloc: no balloon steps, so the grant maps' own calls stand alone
+    _, r = run(policy, api, specs=tiny(balloon=False, **kw), dom0_unpopulated_alloc=True)
+    assert all(x["mismatches"] == 0 for x in r.values())       # dfn == mfn entries included
+    return r["dom0"]
+
+
+def test_grant_maps_are_single_4k_entries_and_unshared_maps_them_at_dfn_eq_mfn():
+    # dom0's backend grant-maps 600 pages of the guest's RAM: each one p2m call and one 4 KiB leaf
+    # (p2m_grant_map_rw). Unshared (eager, per-page): the IOMMU mirrors each (600 calls) and, dom0 being
+    # direct-mapped with its IOMMU on, maps each again at dfn = mfn (600 calls): 1,200 more IOMMU calls,
+    # no invalidation (a map never invalidates).
+    base, r = _dom0("eager", "per-page"), _dom0("eager", "per-page", grant_pages=600)
+    assert r["p2m_calls"] - base["p2m_calls"] == 600 and r["p2m_leaves_4k"] - base["p2m_leaves_4k"] == 600
+    assert r["p2m_leaves_2m"] == base["p2m_leaves_2m"]
+    assert r["calls"] - base["calls"] == 1200 and r["invalidations"] == base["invalidations"]
+    # At destroy: 600 grant unmaps and the 2 rings' (602 p2m calls); the IOMMU unmaps each twice (mirror
+    # and dfn = mfn: 1,204 calls), each unmap call one sync (1,204 invalidations); the rings' 2 leaves go.
+    d = _dom0("eager", "per-page", grant_pages=600, destroy=True)
+    assert d["p2m_calls"] - r["p2m_calls"] == 602 and r["p2m_leaves_4k"] - d["p2m_leaves_4k"] == 600 + 2
+    assert d["calls"] - r["calls"] == 1204 and d["invalidations"] - r["invalidations"] == 1204
+
+
+def test_shared_maps_dom0_grants_at_gfn_eq_mfn_in_the_p2m():
+    # Shared (arm_iommu_map_page): the dfn = mfn mapping is a P2M entry p2m_iommu_map_rw, so 600 grant
+    # maps are 1,200 p2m calls and 1,200 4 KiB leaves, each a new valid leaf: 1,200 IOTLB flushes.
+    base, r = _dom0("shared", "batched"), _dom0("shared", "batched", grant_pages=600)
+    assert r["p2m_calls"] - base["p2m_calls"] == 1200 and r["p2m_leaves_4k"] - base["p2m_leaves_4k"] == 1200
+    assert r["invalidations"] - base["invalidations"] == 1200
+    # At destroy both go for the 600 pages and the 2 rings: 1,204 removals, each flushed.
+    d = _dom0("shared", "batched", grant_pages=600, destroy=True)
+    assert d["p2m_calls"] - r["p2m_calls"] == 1204 and d["invalidations"] - r["invalidations"] == 1204
+
+
+def test_a_grant_frame_is_mapped_once_however_many_grants_hold_it():
+    # Xen's maptrack refcount: the second grant map of a frame adds nothing to the IOMMU, and only the
+    # last unmap removes it.
+    host, _ = run("eager", "per-page", specs=tiny(balloon=False), dom0_unpopulated_alloc=True)
+    dom0, guest = host.domains[0], host.domains[1]
+    frames = guest.ram[1][0] + np.arange(2)                 # the guest's first two machine frames
+    calls = dom0.iommu.counts.calls
+    dom0.grant_iommu(frames, True)
+    dom0.grant_iommu(frames[:1], True)
+    assert dom0.iommu.counts.calls - calls == 2
+    dom0.grant_iommu(frames[:1], False)
+    assert frames[0] in dom0.grant_dfns and dom0.iommu.counts.calls - calls == 2
+    dom0.grant_iommu(frames, False)
+    assert not np.isin(frames, dom0.grant_dfns).any() and dom0.iommu.counts.calls - calls == 4
+    dom0.check_all()
 
 
 def test_a_scenario_file_selects_the_variant_rules(tmp_path):

@@ -18,7 +18,7 @@ FIGURES = (  # figure, title, format
     ("iommu_mib", "IOMMU MiB", ".2f"), ("iommu_pct_ram", "% of guest RAM", ".3f"),
     ("boot_mean_ms", "boot ms (mean)", ".3f"), ("assign_max_ms", "slowest assign ms", ".3f"),
     ("invalidations", "invalidations", ",.0f"), ("cache_lines_cleaned", "cache lines cleaned", ",.0f"),
-    ("map_lat_mean_us", "map us (mean)", ".3f"), ("refused", "refused assignments", ".2f"),
+    ("map_lat_mean_us", "map us (mean)", ".3f"), ("refused", "refused creations and assignments", ".2f"),
     ("unreachable_mib", "unreachable MiB", ".2f"),
 )
 

@@ -24,7 +24,8 @@ API_ORDER = ("per-page", "batched", "blocks")
 # Per-cell sums over domains, by column.
 _SUMS = ("ram_bytes", "iommu_table_bytes", "iommu_min_table_bytes", "toolstack_reserved_bytes", "calls",
          "descriptors_written", "invalidations", "cache_lines_cleaned", "populate_pages", "unreachable_pages",
-         "assign_refused_context", "assign_refused_undeclared", "map_calls", "unmap_calls")
+         "assign_refused_context", "assign_refused_undeclared", "create_refused_context", "map_calls",
+         "unmap_calls")
 
 
 class ReportError(ValueError):
@@ -59,6 +60,11 @@ def hosts(table: pa.Table) -> list[dict]:
         n, mean, std = ok[f"{op}_calls"], ok[f"{op}_lat_mean_us"], ok[f"{op}_lat_std_us"]
         extra[f"{op}_s1"] = pc.multiply(n, mean)
         extra[f"{op}_s2"] = pc.multiply(n, pc.add(pc.multiply(std, std), pc.multiply(mean, mean)))
+    # A domain whose creation was refused never boots: boot means are over the domains that did.
+    refused = pc.fill_null(ok["create_refused_context"], 0)
+    ok = ok.set_column(ok.schema.get_field_index("create_refused_context"), "create_refused_context", refused)
+    extra["booted"] = pc.subtract(1, refused)
+    extra["booted_ns"] = pc.if_else(pc.equal(refused, 0), ok["boot_ns"], 0)
     for name, column in extra.items():
         ok = ok.append_column(name, column)
     per_cell = ("sim_pages_per_s_wall", "engine_wall_s", "cell_wall_s")      # one value per cell
@@ -74,11 +80,11 @@ def hosts(table: pa.Table) -> list[dict]:
         h["min_mib"] = h["iommu_min_table_bytes"] / MIB
         h["reserved_mib"] = h["toolstack_reserved_bytes"] / MIB
         h["iommu_pct_ram"] = 100 * h["iommu_table_bytes"] / h["ram_bytes"]
-        h["boot_mean_ms"] = g["boot_ns_mean"] / 1e6
+        h["boot_mean_ms"] = g["booted_ns_sum"] / g["booted_sum"] / 1e6 if g["booted_sum"] else 0.0
         h["boot_max_ms"] = g["boot_ns_max"] / 1e6
         h["assign_max_ms"] = g["assign_ns_max"] / 1e6          # 0 on a host without devices
         h["unreachable_mib"] = h["unreachable_pages"] * PAGE / MIB
-        h["refused"] = h["assign_refused_context"] + h["assign_refused_undeclared"]
+        h["refused"] = h["assign_refused_context"] + h["assign_refused_undeclared"] + h["create_refused_context"]
         for op in ("map", "unmap"):
             n = h[f"{op}_calls"]
             mean = g[f"{op}_s1_sum"] / n if n else 0.0

@@ -4,7 +4,10 @@ and which unshared policy is lowest and by how much.
 Each policy is taken at its best driver API for the figure (the lowest mean
 over seeds), and the winner is compared with the runner-up. `shared` needs an
 IOMMU that can walk the P2M, so the best unshared policy is named too: that is
-the answer for the IPMMU in stage-1 mode. The page shows one short table per
+the answer for the IPMMU in stage-1 mode. A policy under which some domain
+creations were refused (no IPMMU context: XT takes one at every creation) has
+not run the scenario's workload, so its cheaper figures do not rank: it is shown,
+marked, and left out of the winners. The page shows one short table per
 scenario (rows: format and figure; columns: the policies).
 """
 
@@ -19,7 +22,20 @@ METRICS = (  # figure, what it is, unit, format, its row in a findings table
     ("assign_max_ms", "device assignment latency (slowest)", "ms", ".3f", "slowest assign ms"),
     ("invalidations", "IOTLB invalidations per host", "", ",.0f", "invalidations per host"),
 )
+REFUSED = ("create_refused_context", "domain creations refused per host", "", ".2f", "creations refused")
 UNSHARED = ("eager", "lazy", "declared")
+
+
+def refusing(groups: dict[tuple, dict[str, Stat]], where: dict) -> dict[str, float]:
+    """The policies under which domain creations were refused there, and how many per host (the most
+    over APIs: the context rule does not depend on the API)."""
+    out: dict[str, float] = {}
+    for key, figs in groups.items():
+        k = dict(zip(HOST_KEYS, key))
+        stat = figs.get("create_refused_context")
+        if stat is not None and stat.mean > 0 and all(k[n] == v for n, v in where.items()):
+            out[k["policy"]] = max(out.get(k["policy"], 0.0), stat.mean)
+    return out
 
 
 def best_per_policy(groups: dict[tuple, dict[str, Stat]], where: dict, figure: str) -> dict[str, tuple[str, float]]:
@@ -57,12 +73,16 @@ def findings(groups: dict[tuple, dict[str, Stat]]) -> list[dict]:
     out = []
     for scenario, fmt, p2m, costs in places:
         where = {"scenario": scenario, "format": fmt, "p2m_format": p2m, "costs": costs}
-        for figure, what, unit, spec, label in METRICS:
+        out_of = refusing(groups, where)
+        for figure, what, unit, spec, label in ((*METRICS, REFUSED) if out_of else METRICS):
             best = best_per_policy(groups, where, figure)
-            ranked = _ranked(best)
+            ranked = _ranked({p: v for p, v in best.items() if p not in out_of or figure == REFUSED[0]})
             if len(ranked) < 2:
                 continue
             text = f"{what}: {compare(ranked[0], ranked[1], spec, unit)}"
+            if out_of and figure != REFUSED[0]:
+                text += "; " + ", ".join(f"`{p}` refused {v:.2f} creations and does not rank" for p, v in
+                                         sorted(out_of.items()))
             unshared = [r for r in ranked if r[0] != "shared"]
             if ranked[0][0] == "shared" and len(unshared) >= 2:
                 text += f"; with an unshared table (IPMMU stage 1), {compare(unshared[0], unshared[1], spec, unit)}"
@@ -71,7 +91,7 @@ def findings(groups: dict[tuple, dict[str, Stat]]) -> list[dict]:
                         "what": what, "label": label, "unit": unit, "spec": spec, "best": best,
                         "winner": win, "winner_api": win_api, "value": win_v, "runner_up": second,
                         "runner_up_api": second_api, "runner_up_value": second_v,
-                        "unshared": unshared[:2], "text": text})
+                        "unshared": unshared[:2], "refusing": out_of, "text": text})
     return out
 
 
@@ -102,6 +122,9 @@ def tables(finds: list[dict]) -> dict[str, list[dict]]:
                 continue
             api, v = f["best"][p]
             cell = f"{v:{f['spec']}} ({api})"
+            if p in f["refusing"] and f["figure"] != REFUSED[0]:
+                row[p] = f"{cell} †"                # creations refused: it does not rank
+                continue
             row[p] = f"**{cell}**" if format(v, f["spec"]) == low else cell
         row["lowest unshared"] = _lowest_unshared(f)
         out.setdefault(f["scenario"], []).append(row)

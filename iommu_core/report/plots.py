@@ -124,7 +124,7 @@ def fleet(groups: dict[tuple, dict[str, Stat]], path: Path) -> Path:
     fig, axes = plt.subplots(2, max(len(places), 1), figsize=_size(len(places)), dpi=DPI, squeeze=False)
     for col, (scenario, fmt) in enumerate(places):
         _bars(axes[0][col], groups, scenario, fmt, "refused")
-        axes[0][col].set_ylabel("assignments refused (per host)")
+        axes[0][col].set_ylabel("creations and assignments refused (per host)")
         axes[0][col].set_xlabel("policy")
         _bars(axes[1][col], groups, scenario, fmt, "unreachable_mib")
         axes[1][col].set_ylabel("unreachable guest memory (MiB per host)")
@@ -132,7 +132,7 @@ def fleet(groups: dict[tuple, dict[str, Stat]], path: Path) -> Path:
         axes[1][col].set_title("")
         for ax in (axes[0][col], axes[1][col]):
             ax.set_ylim(bottom=0)
-    return _save(fig, path, "Fleet limits: IPMMU contexts (refused assignments) and the IOVA space (unreachable GFNs)",
+    return _save(fig, path, "Fleet limits: IPMMU contexts (refused creations and assignments) and the IOVA space (unreachable GFNs)",
                  axes[0][0])
 
 

@@ -15,10 +15,11 @@ from collections import Counter
 
 from ..results import read_results, run_directory
 from .figures import API_ORDER, HOST_KEYS, POLICY_ORDER, Stat, by_host_key, first_costs, hosts
-from .findings import UNSHARED, best_per_policy
+from ..xen.rules import DESIGN, API_RULES, POLICY_RULES
+from .findings import UNSHARED, best_per_policy, refusing
 
 FIGURES = ("iommu_mib", "iommu_pct_ram", "boot_mean_ms", "assign_max_ms", "invalidations", "ram_bytes",
-           "assign_refused_context", "assign_refused_undeclared", "unreachable_mib")
+           "assign_refused_context", "assign_refused_undeclared", "create_refused_context", "unreachable_mib", "domains")
 PICK_BY = (("iommu_mib", ".2f"), ("boot_mean_ms", ".3f"), ("assign_max_ms", ".3f"))
 WHAT = {"eager": "a table for every domain from its creation",
         "lazy": "a table built at a domain's first assignment by copying its whole P2M",
@@ -77,21 +78,31 @@ class _Run:
     def where(self, scenario: str) -> dict:
         return {"scenario": scenario, "format": self.format, "costs": self.costs}
 
+    def refusing(self, scenario: str) -> dict[str, float]:
+        """Policies under which domain creations were refused on the scenario: they do not rank there."""
+        return refusing(self.groups, self.where(scenario))
+
 
 def _pick(run: _Run) -> tuple[str, int, int]:
-    """The unshared policy lowest or tied on the most comparisons; its wins and the comparisons made."""
+    """The unshared policy lowest or tied on the most comparisons; its wins and the comparisons made.
+    A policy that had domain creations refused on a scenario has not run its workload there: it takes
+    part in that scenario's comparisons as their last."""
     wins, rank_sum, n = Counter(), Counter(), 0
     for scenario in run.scenarios:
+        out_of = run.refusing(scenario)
         for figure, spec in PICK_BY:
             best = {p: v for p, (_, v) in best_per_policy(run.groups, run.where(scenario), figure).items()
                     if p in UNSHARED}
             if len(best) < 2:
                 continue
             n += 1
-            low = format(min(best.values()), spec)
-            for rank, p in enumerate(sorted(best, key=best.get)):
-                wins[p] += format(best[p], spec) == low
+            ranking = {p: v for p, v in best.items() if p not in out_of}
+            low = format(min(ranking.values()), spec) if ranking else None
+            for rank, p in enumerate(sorted(ranking, key=ranking.get)):
+                wins[p] += format(ranking[p], spec) == low
                 rank_sum[p] += rank
+            for p in best:
+                rank_sum[p] += len(best) if p in out_of else 0
     candidates = [p for p in run.policies() if p in UNSHARED]
     policy = min(candidates, key=lambda p: (-wins[p], rank_sum[p], POLICY_ORDER.index(p)))
     return policy, wins[policy], n
@@ -136,7 +147,9 @@ def _first(run: _Run, policy: str, wins: int, n: int) -> str:
 def _costs(run: _Run, scenario: str, policy: str, lead: str) -> str:
     api = _best_api(run, scenario, policy)
     mine = run.get(scenario, run.format, policy, api)
-    others = [(p, run.get(scenario, run.format, p, api)) for p in run.policies() if p in UNSHARED and p != policy]
+    out_of = run.refusing(scenario)
+    others = [(p, run.get(scenario, run.format, p, api)) for p in run.policies()
+              if p in UNSHARED and p != policy and p not in out_of]
     others = [(p, f) for p, f in others if f is not None]
 
     def vs(figure: str, spec: str) -> str:
@@ -194,6 +207,13 @@ def _hardware(run: _Run, policy: str) -> str | None:
     for key, figs in run.groups.items():
         k = dict(zip(HOST_KEYS, key))
         by_scenario.setdefault(k["scenario"], []).append((k["policy"], figs["assign_refused_context"].mean))
+    for scenario in run.scenarios + sorted(set(by_scenario) - set(run.scenarios)):
+        out_of = refusing(run.groups, {"scenario": scenario, "costs": run.costs})
+        if out_of:
+            domains = max(f["domains"].mean for k, f in run.groups.items() if k[0] == scenario)
+            parts.append("XT takes an IPMMU context at every creation, so " + _and(
+                [f"`{p}` has {_count(v)} of {scenario}'s {_count(domains)} domain creations per host refused"
+                 for p, v in sorted(out_of.items(), key=lambda kv: POLICY_ORDER.index(kv[0]))]))
     for scenario, values in sorted(by_scenario.items()):
         mine = max((v for p, v in values if p == policy), default=0.0)
         if mine > 0:
@@ -221,14 +241,22 @@ def _hardware(run: _Run, policy: str) -> str | None:
     return "The hardware caps the choice: " + "; ".join(parts) + "." if parts else None
 
 
+def _real(policy: str, api: str) -> bool:
+    """Whether a policy with a driver API follows real Xen code (the rules table says which do)."""
+    rule = POLICY_RULES.get(policy)
+    real_policy = rule is not None and not rule.source.startswith(DESIGN)
+    return real_policy and (rule.shared or not API_RULES[api].source.startswith(DESIGN))
+
+
 def _grounding(policy: str, api: str) -> str:
-    real = (policy, api) in (("eager", "per-page"),) or policy == "shared"
-    return ("Only `eager` with the per-page API (the downstream xen-troops IPMMU driver) and `shared` (upstream Xen) "
-            "follow real Xen code; the `batched` and `blocks` APIs and `lazy` on Arm are design assumptions with no "
-            "Xen code behind them, and `declared` takes its rule from Xen 4.13's passthrough flag, which Arm accepts "
-            "only with shared tables, so " +
-            (f"`{policy}` with `{api}` follows real code." if real else
-             f"`{policy}` with `{api}` is a design to build and to check against a real Xen, not a measured driver."))
+    real = [f"`{p}`" for p in POLICY_ORDER if p in POLICY_RULES and _real(p, "per-page")]
+    design = [f"`{a}`" for a, r in API_RULES.items() if r.source.startswith(DESIGN)] + \
+        [f"`{p}` on Arm" for p, r in POLICY_RULES.items() if r.source.startswith(DESIGN)]
+    return (f"With the per-page API, {_and(real)} follow real Xen code (the unshared ones EPAM's xen-troops IPMMU "
+            f"driver, `shared` upstream Xen 4.17); {_and(design)} are design assumptions with no Xen code behind "
+            f"them, so " + (f"`{policy}` with `{api}` follows real code." if _real(policy, api) else
+                            f"`{policy}` with `{api}` is a design to build and to check against a real Xen, not a "
+                            f"measured driver."))
 
 
 def verdict(host_rows: list[dict]) -> list[str]:

@@ -321,6 +321,11 @@ SERVER_IPMMUS = 4
 def server(ram_gib: int = 512, functions: int = 64) -> Board:
     """A generic server: `ram_gib` GiB of RAM, `functions` PCIe functions behind 4 main IPMMUs.
 
+    A WHAT-IF: no such R-Car exists, and Xen's IPMMU drivers handle a single root IPMMU
+    (ipmmu_find_root, xen-troops/xen:xen/drivers/passthrough/arm/ipmmu-vmsa-legacy.c @
+    RELEASE-4.13.0-xt0.2.prod-devel:1666); four roots of 8 contexts each stand for an
+    IPMMU-like IOMMU at server scale.
+
     RAM: 2 GiB at 0x8000_0000, the rest in one bank at 0x1_0000_0000. Each function
     pcie-fn<i> has a 64 KiB BAR0 and a 16 MiB BAR2 in a 64-bit window that starts at
     0x40_0000_0000, or, when RAM reaches that far (above 254 GiB), at the next

@@ -33,6 +33,7 @@ XEN_IMAGE_OFFSET = 2 * MIB
 # place (a design assumption: Linux's page allocator decides it).
 DOM0_SHARED_INFO_PAGE = 0x261C
 XEN_IMAGE_SIZE = 2 * MIB               # design assumption: Xen's image and its boot data
+DOMID_XEN = 0x7FF2                     # the owner of Xen's own pages (xen/include/public/xen.h)
 XEN_HEAP_TOP = 2 * MIB                 # design assumption: Xen's boot-time heap, at the top of RAM below 4 GiB
 LOWMEM_LIMIT = 1 << 32                 # lowmem_bitsize: 32 bits
 MIN_LOW = 128 * MIB
@@ -62,11 +63,18 @@ def xen_held(ram_banks, boot_modules) -> list[tuple[int, int]]:
     """(base, size) of RAM Xen holds when it builds dom0: the boot modules, its image (where
     QEMU's loader puts it) and its boot-time heap (allocated top-down from below 4 GiB)."""
     held = list(boot_modules)
-    held.append((ram_banks[0][0] + XEN_IMAGE_OFFSET, XEN_IMAGE_SIZE))
+    first, frames = xen_image(ram_banks)
+    held.append((first * GRANULE, frames * GRANULE))
     low = [(b, z) for b, z in ram_banks if b < LOWMEM_LIMIT]
     if low:
         held.append((min(low[-1][0] + low[-1][1], LOWMEM_LIMIT) - XEN_HEAP_TOP, XEN_HEAP_TOP))
     return held
+
+
+def xen_image(ram_banks) -> tuple[int, int]:
+    """(first frame, frames) of Xen's image: never free for a domain (dom0's grant table sits at its
+    address in dom0's IPA space)."""
+    return (ram_banks[0][0] + XEN_IMAGE_OFFSET) // GRANULE, XEN_IMAGE_SIZE // GRANULE
 
 
 def allocate_memory_11(ram_banks, reserved, dom0_bytes: int) -> list[tuple[int, int]]:

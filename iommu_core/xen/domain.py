@@ -19,7 +19,8 @@ from . import intervals as iv
 from . import invariant
 from .iommu import SharedIommu, UnsharedIommu
 from .p2m import P2M
-from .rules import POLICY_RULES, policy_rule
+from .p2m_types import CODE
+from .rules import GNTTAB_IOMMU_RULE, POLICY_RULES, policy_rule
 from .toolstack import KERNEL_KIB, RAMDISK_KIB
 
 MIB = 1 << 20
@@ -220,6 +221,10 @@ class Domain:
         self.ram_pages = 0
         self.alive = True
         self.refused = False                     # creation refused: the domain does nothing else
+        # gnttab_need_iommu_mapping: machine frames mapped at dfn == mfn in the unshared table, and how
+        # many grant maps hold each (Xen's maptrack radix tree refcounts them).
+        self.grant_dfns = np.zeros(0, np.int64)
+        self.grant_refs = np.zeros(0, np.int64)
 
     @property
     def policy(self) -> str:
@@ -253,12 +258,25 @@ class Domain:
             # is free (ipmmu_vmsa_domain_init -> ipmmu_domain_init_context: xen-troops/xen:xen/drivers/
             # passthrough/arm/ipmmu-vmsa-legacy.c @ RELEASE-4.13.0-xt0.2.prod-devel:1712, -EBUSY at :632),
             # on the root IPMMU (ipmmu_find_root, :1666).
-            if rule.context_at == "create" and not self.host.contexts.acquire(self.domid, 0):
+            if rule.context_at == "create" and not self.host.contexts.acquire(self.domid, self._create_ipmmu()):
                 self.counts.create_refused_context = 1
                 self.refused = True
                 return 0.0, 0
             self.iommu = self._new_iommu()
         return 0.0, 0
+
+    def _create_ipmmu(self) -> int:
+        """The main IPMMU whose context a creation takes. R-Car has one root IPMMU, which XT uses. A
+        board with several (the server, a WHAT-IF: no Xen driver handles more than one root) takes it
+        behind the domain's first device, or (DESIGN ASSUMPTION) where most contexts are free."""
+        board = self.host.board
+        if board.ipmmus == 1:
+            return 0
+        wanted = (*self.spec.devices, *self.spec.hotplug)
+        if wanted:
+            return board.master(wanted[0]).main_ipmmu
+        held = self.host.contexts.by_ipmmu
+        return min(range(len(held)), key=lambda k: (len(held[k]), k))
 
     # -- P2M updates -------------------------------------------------------------
     def has_context(self) -> bool:
@@ -298,7 +316,7 @@ class Domain:
 
     def _check(self, gfn_ranges) -> None:
         try:
-            invariant.check(self.name, self.iommu, self.p2m, gfn_ranges)
+            invariant.check(self.name, self.iommu, self.p2m, gfn_ranges, self.grant_dfns)
         except invariant.InvariantError:
             self.counts.mismatches += 1
             raise
@@ -306,7 +324,9 @@ class Domain:
     def check_all(self) -> None:
         if self.iommu is not None and self.alive:
             ext = self.p2m.entries()
-            self._check(iv.normalize(ext.iova.astype(np.int64) // GRANULE, ext.npages))
+            gfn = np.concatenate((ext.iova.astype(np.int64) // GRANULE, self.grant_dfns))
+            nr = np.concatenate((ext.npages.astype(np.int64), np.ones(len(self.grant_dfns), np.int64)))
+            self._check(iv.normalize(gfn, nr))
 
     def _peaks(self) -> None:
         k = self.counts
@@ -424,6 +444,53 @@ class Domain:
         # Both real drivers keep the context until the domain goes (rules.py: context_freed_at).
         if self.rule.context_freed_at == "last-deassign" and ipmmu not in self.devices.values():
             self.host.contexts.release(self.domid, ipmmu)
+        return ns, inv
+
+    def grant_iommu(self, mfn: np.ndarray, mapping: bool) -> tuple[float, int]:
+        """The IOMMU side of grant maps in a direct-mapped domain (dom0): GNTTAB_IOMMU_RULE (rules.py).
+
+        The first grant map of a frame maps it at dfn == mfn, the last unmap removes it. Shared: a P2M
+        entry (arm_iommu_map_page / arm_iommu_unmap_page); unshared: the second table only, one
+        iommu_legacy_map / iommu_legacy_unmap call per page, an unmap syncing the context."""
+        if self.iommu is None:
+            return 0.0, 0
+        mfn = np.asarray(mfn, np.int64)
+        if self.host.recorder is not None:
+            self.host.recorder.grant_iommu(self.domid, mfn, mapping)
+        with self._quiet():
+            return self._grant_iommu(mfn, mapping)
+
+    def _grant_iommu(self, mfn: np.ndarray, mapping: bool) -> tuple[float, int]:
+        held = np.isin(mfn, self.grant_dfns)
+        if mapping:
+            new = mfn[~held]
+            k = np.searchsorted(self.grant_dfns, mfn[held])
+            self.grant_refs[k] += 1
+            self.grant_dfns, order = np.unique(np.concatenate((self.grant_dfns, new)), return_index=True)
+            self.grant_refs = np.concatenate((self.grant_refs, np.ones(len(new), np.int64)))[order]
+            change = new
+        else:
+            k = np.searchsorted(self.grant_dfns, mfn[held])
+            self.grant_refs[k] -= 1
+            gone = self.grant_refs == 0
+            change = self.grant_dfns[gone]
+            self.grant_dfns, self.grant_refs = self.grant_dfns[~gone], self.grant_refs[~gone]
+        if not len(change):
+            return 0.0, 0
+        one = np.ones(len(change), np.int64)
+        if self.rule.shared:
+            return self.update(change, change if mapping else 0, one, "iommu_map_rw" if mapping else "invalid")
+        if mapping:
+            ns = self.iommu.map(change, change, one, np.full(len(change), CODE["iommu_map_rw"]))
+            inv = 0                                     # a map never invalidates (rules.py)
+        else:
+            ns = self.iommu.unmap(change, one)
+            inv = len(change) if self.has_context() else 0      # one iommu_legacy_unmap per page, each synced
+        self.iommu.counts.invalidations += inv
+        if self.host.check:
+            self._check(iv.normalize(change, one))
+        self._peaks()
+        self.host.step_inv[self.domid] = self.host.step_inv.get(self.domid, 0) + inv
         return ns, inv
 
     def map_foreign(self, gfn: np.ndarray, mfn: np.ndarray, nr: np.ndarray) -> tuple[float, int]:

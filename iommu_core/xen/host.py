@@ -26,7 +26,7 @@ from .costs import CostModel
 from .domain import DOM0_FOREIGN_GFN, GUEST_RAM0, POLICIES, Domain, DomainSpec
 from .domain import _pages as _pages_of
 from .iommu import APIS, SHARED_MAX_IPA_BITS, Contexts, NotApplicable
-from .dom0 import DOM0_SHARED_INFO_PAGE, XEN_IMAGE_OFFSET, allocate_memory_11, xen_held
+from .dom0 import DOM0_SHARED_INFO_PAGE, DOMID_XEN, allocate_memory_11, xen_held, xen_image
 from .memory import MachineMemory
 from .toolstack import DTB_PAGES, RAMDISK_OFFSET, RING_GRANTS, Dom0Slots, image_pages
 from .p2m_types import DMA_PERM_BY_CODE
@@ -128,6 +128,8 @@ class Host:
             raise ValueError(f"board {self.board.name}: {e}") from None
         mfn = np.array([b for b, _ in blocks], np.int64)
         cnt = np.array([n for _, n in blocks], np.int64)
+        first, frames = xen_image(self.board.ram_banks)
+        self.memory.alloc_at(np.array([first]), np.array([frames]), DOMID_XEN)   # Xen's own, for good
         self.memory.alloc_at(mfn, cnt, dom0.domid)
         dom0.ram = (mfn.copy(), mfn.copy(), cnt.copy())
         dom0.ram_pages = int(cnt.sum())
@@ -168,11 +170,11 @@ class Host:
         mfn, cnt = self.memory.alloc(2, dom0.domid) if self.memory is not None else (np.zeros(0, np.int64),) * 2
         frames = np.concatenate([m + np.arange(c) for m, c in zip(mfn, cnt)]) if len(mfn) else np.zeros(2, np.int64)
         dom0.xen_pages = (mfn, cnt)
-        gnttab = (self.board.ram_banks[0][0] + XEN_IMAGE_OFFSET) // GRANULE
+        gnttab = xen_image(self.board.ram_banks)[0]
         shared_info = int(dom0.ram[0][0]) + min(DOM0_SHARED_INFO_PAGE, int(dom0.ram[2][0]) - 1)
         return dom0.map_calls([(shared_info, int(frames[0]), 1, "ram_rw"), (gnttab, int(frames[1]), 1, "ram_rw")])
 
-    def _domu_plan(self, d: Domain, dom0: Domain, foreign_cursor: list):
+    def _domu_plan(self, d: Domain, dom0: Domain):
         spec = d.spec
         steps = [("create", d.create)]
         pages = spec.ram_bytes // GRANULE
@@ -183,9 +185,7 @@ class Host:
         for name in spec.devices:
             steps.append(("assign", lambda name=name: self._assign(d, name)))
         if spec.grant_pages:
-            gfn0 = foreign_cursor[0]
-            foreign_cursor[0] += spec.grant_pages
-            steps.append(("backend", lambda: self._backend_map(d, dom0, gfn0)))
+            steps.append(("backend", lambda: self._backend_map(d, dom0)))
         steps.append(("booted", None))
         steps.append(("own-pages", d.map_own_pages))
         if spec.balloon_bytes:
@@ -205,22 +205,34 @@ class Host:
         mmio = self._mmio([]) if d.domid == 0 else self._mmio([name])
         return d.assign(name, mmio, self.board.master(name).main_ipmmu)
 
-    def _backend_map(self, d: Domain, dom0: Domain, gfn0: int):
-        """dom0's backend maps the first grant_pages of the guest's RAM (foreign mappings)."""
+    def _backend_map(self, d: Domain, dom0: Domain):
+        """dom0's backends grant-map the first grant_pages of the guest's RAM, each page one 4 KiB
+        entry at a frame its balloon gave up (gnttab_alloc_pages), and its IOMMU side (GNTTAB_IOMMU_RULE)."""
         gfn, mfn, nr = d.ram
         ends = np.cumsum(nr)
         k = int(np.searchsorted(ends, d.spec.grant_pages)) + 1
         cnt = nr[:k].copy()
         cnt[-1] -= int(ends[k - 1]) - d.spec.grant_pages
-        # Every foreign mapping is one 4 KiB entry: XENMEM_add_to_physmap_batch maps one gpfn per index
-        # (xenmem_add_to_physmap_one, XENMAPSPACE_gmfn_foreign: one p2m_map_foreign_rw page,
-        # xen-project/xen:xen/arch/arm/mm.c @ RELEASE-4.17.0:1385, added with order 0 at :1414),
-        # so one p2m call per page, and one per page again when the backend unmaps it.
-        pages = np.arange(d.spec.grant_pages, dtype=np.int64)
         mfns = _pages_of(mfn[:k], cnt)
-        one = np.ones(len(pages), np.int64)
-        d.backend = (gfn0 + pages, one)
-        return dom0.map_foreign(d.backend[0], mfns, one)
+        slots = self._slots(dom0)
+        at = slots.take(len(mfns))
+        one = np.ones(len(at), np.int64)
+        out = [] if slots.unpopulated else [dom0.update(at, 0, one, "invalid")]      # decrease_reservation
+        dom0.counts.p2m_pages_mapped += len(at)
+        out.append(dom0.update(at, mfns, one, "grant_map_rw"))                       # map_grant_ref
+        out.append(dom0.grant_iommu(mfns, True))
+        d.backend = (at, mfns)
+        return sum(o[0] for o in out), sum(o[1] for o in out)
+
+    def _grant_unmap(self, dom0: Domain, at: np.ndarray, mfns: np.ndarray) -> list:
+        """unmap_grant_ref of dom0's grant maps, their IOMMU side, and the balloon takes the frames back."""
+        one = np.ones(len(at), np.int64)
+        out = [dom0.update(at, 0, one, "invalid"), dom0.grant_iommu(mfns, False)]
+        slots = self._slots(dom0)
+        if not slots.unpopulated:
+            out.append(dom0.update(at, at, one, "ram_rw"))                           # populate_physmap
+        slots.give_back(at)
+        return out
 
     def _slots(self, dom0: Domain) -> Dom0Slots:
         if self.dom0_slots is None:
@@ -254,19 +266,16 @@ class Host:
         if not slots.unpopulated:
             out.append(dom0.update(d.ring_slots, 0, two, "invalid"))
         out.append(dom0.update(d.ring_slots, d.magic_mfns[:RING_GRANTS], two, "grant_map_rw"))   # map_grant_ref
+        out.append(dom0.grant_iommu(d.magic_mfns[:RING_GRANTS], True))
         return sum(o[0] for o in out), sum(o[1] for o in out)
 
     def _destroy(self, d: Domain, dom0: Domain):
         out = []
         if getattr(d, "backend", None) is not None:
-            out.append(dom0.update(d.backend[0], 0, d.backend[1], "invalid"))
+            out += self._grant_unmap(dom0, *d.backend)
         rings = getattr(d, "ring_slots", None)
-        if rings is not None:                       # unmap_grant_ref, and the balloon takes the frames back
-            two = np.ones(len(rings), np.int64)
-            out.append(dom0.update(rings, 0, two, "invalid"))
-            if not self._slots(dom0).unpopulated:
-                out.append(dom0.update(rings, rings, two, "ram_rw"))
-            self._slots(dom0).give_back(rings)
+        if rings is not None:
+            out += self._grant_unmap(dom0, rings, d.magic_mfns[:RING_GRANTS])
         out.append(self._teardown(d))
         return sum(o[0] for o in out), sum(o[1] for o in out)
 
@@ -291,14 +300,14 @@ class Host:
             raise ValueError(f"device {unknown[0]!r} is not on board {self.board.name}")
         self.domains = [Domain(self, i, s) for i, s in enumerate(specs)]
         dom0 = self.domains[0]
-        cursor = [DOM0_FOREIGN_GFN]
-        plans = [self._dom0_plan(dom0, passed)] + [self._domu_plan(d, dom0, cursor) for d in self.domains[1:]]
+        plans = [self._dom0_plan(dom0, passed)] + [self._domu_plan(d, dom0) for d in self.domains[1:]]
         return self._schedule(plans)
 
     def replay(self, specs: list[DomainSpec], steps: list[list[tuple[str, list]]]) -> list[dict]:
         """Run recorded steps instead of a scenario's: per domain, (label, actions) in order.
 
-        Actions are ("create",), ("update", target domid, gfn, mfn, nr, types), ("assign", device),
+        Actions are ("create",), ("update", target domid, gfn, mfn, nr, types), ("grant_iommu", target
+        domid, mfns, mapping), ("assign", device),
         ("deassign", device) and ("teardown",); machine frames come from the trace, so the
         host's allocator is not used.
         """
@@ -317,6 +326,8 @@ class Host:
                 out = d.create()
             elif act[0] == "update":
                 out = self.domains[act[1]].update(*act[2:])
+            elif act[0] == "grant_iommu":
+                out = self.domains[act[1]].grant_iommu(act[2], act[3])
             elif act[0] == "assign":
                 out = self._assign(d, act[1])
             elif act[0] == "deassign":

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..pgtable import Extents
+from ..pgtable.descriptors import PERMS
 from ..pgtable.format import GRANULE
+from .p2m import translation_view
 
 
 class InvariantError(AssertionError):
@@ -35,12 +37,39 @@ def first_difference(a: Extents, b: Extents) -> tuple[int, str] | None:
     return None
 
 
-def check(domain: str, iommu, p2m, gfn_ranges) -> None:
-    """Compare over GFN ranges (sorted disjoint (starts, ends)); raise on the first difference."""
+def with_grant_dfns(view: Extents, dfns: np.ndarray, ranges) -> Extents:
+    """The DMA view plus a direct-mapped domain's grant frames at dfn == mfn (read-write, 4 KiB each)
+    that fall in the ranges; a grant frame over a P2M mapping is a model error."""
+    s, e = ranges
+    k = np.searchsorted(e, dfns, side="right")
+    inside = (k < len(s)) & (dfns >= s[np.minimum(k, len(s) - 1)])
+    pages = dfns[inside]
+    if not len(pages):
+        return view
+    first = view.iova.astype(np.int64) // GRANULE
+    j = np.searchsorted(first + view.npages.astype(np.int64), pages, side="right")
+    over = (j < len(view)) & (pages >= first[np.minimum(j, len(view) - 1)]) if len(view) else j < 0
+    if over.any():
+        raise ValueError(f"a grant frame at dfn == mfn {int(pages[over][0]):#x} lies over a P2M mapping")
+    one = np.ones(len(pages), view.npages.dtype)
+    rw = np.full(len(pages), PERMS["rw"], view.perm.dtype)
+    z = np.zeros(len(pages), np.uint8)
+    both = Extents(*(np.concatenate((a, b)) for a, b in zip(
+        (view.iova, view.pa, view.npages, view.perm, view.memtype, view.sw),
+        ((pages * GRANULE).astype(view.iova.dtype), (pages * GRANULE).astype(view.pa.dtype), one, rw, z, z))))
+    order = np.argsort(both.iova, kind="stable")
+    return translation_view(Extents(*(getattr(both, f)[order] for f in Extents.FIELDS)))
+
+
+def check(domain: str, iommu, p2m, gfn_ranges, grant_dfns=None) -> None:
+    """Compare over GFN ranges (sorted disjoint (starts, ends)); raise on the first difference.
+    `grant_dfns`: frames the unshared table also maps at dfn == mfn (gnttab_need_iommu_mapping)."""
     ranges = iommu.reachable(gfn_ranges)
     if not len(ranges[0]):
         return
     want = p2m.dma_view(ranges[0], ranges[1] - ranges[0])
+    if grant_dfns is not None and len(grant_dfns) and iommu.kind == "unshared":
+        want = with_grant_dfns(want, grant_dfns, ranges)
     got = iommu.view(ranges)
     hit = first_difference(got, want)
     if hit is not None:

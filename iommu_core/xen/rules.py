@@ -136,6 +136,19 @@ TLB_RULE = (f"one synchronous stage-2 TLB flush per modified valid leaf (break-b
             f"(need_flush {P2M_C}:1171, flushed at p2m_write_unlock :203)")
 
 
+# Grant maps in a direct-mapped domain with an IOMMU (dom0's backends and the toolstack's ring maps).
+GNTTAB_IOMMU_RULE = (
+    "every grant map is one 4 KiB P2M entry (p2m_grant_map_rw at the backend's ballooned frame); for a "
+    "direct-mapped dom0 whose IOMMU is on, the first map of a frame also maps it at dfn = mfn and the last "
+    "unmap removes it (map_grant_ref / unmap_common, xen-project/xen:xen/common/grant_table.c @ "
+    "RELEASE-4.17.0:1216 and :1511, refcounted per frame; gnttab_need_iommu_mapping, "
+    "xen-project/xen:xen/arch/arm/include/asm/grant_table.h @ RELEASE-4.17.0:76, and in 4.13 only when "
+    "not sharing, xen-project/xen:xen/include/asm-arm/grant_table.h @ RELEASE-4.13.0:91). Shared: that is a "
+    "P2M entry p2m_iommu_map_rw at gfn = mfn (arm_iommu_map_page, xen-project/xen:xen/drivers/passthrough/"
+    "arm/iommu_helpers.c @ RELEASE-4.17.0:33). Unshared: an entry in the second table only, one "
+    "iommu_legacy_map / iommu_legacy_unmap call per page, an unmap syncing the context")
+
+
 def policy_rule(name: str) -> PolicyRule:
     try:
         return POLICY_RULES[name]
@@ -167,4 +180,5 @@ def markdown() -> str:
         rows.append(f"| format `{name}` | {text} | (cited in the rule) |")
     rows.append(f"| stage-2 TLB flushes (every policy) | {TLB_RULE} | (cited in the rule) |")
     rows.append(f"| cache cleans (every policy) | {_CLEAN} | (cited in the rule) |")
+    rows.append(f"| dom0's grant maps (every policy) | {GNTTAB_IOMMU_RULE} | (cited in the rule) |")
     return "\n".join(rows) + "\n"

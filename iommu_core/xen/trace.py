@@ -2,7 +2,8 @@
 
 A trace row is one action of one life-cycle step of one domain: create, one
 extent of a P2M update (on that domain or, for a backend, on dom0), assign,
-deassign, teardown; plus one "step" row that opens each step, so steps with no
+deassign, teardown, and a grant frame mapped or unmapped at dfn == mfn in a
+direct-mapped domain's IOMMU (grant_map / grant_unmap, one row per frame); plus one "step" row that opens each step, so steps with no
 action (a refused assignment, the "booted" mark) keep their place. Replaying
 the steps through the same scheduler gives the same metrics as the run that
 recorded them, for the policy and API it ran with (machine frames come from
@@ -19,7 +20,8 @@ from .p2m_types import TYPES
 
 COLUMNS = ("time_ns", "domid", "step", "label", "call", "op", "target", "gfn", "mfn", "count", "type", "device",
            "seq", "caller", "hypercall")
-OPS = ("step", "create", "update", "assign", "deassign", "teardown")
+OPS = ("step", "create", "update", "assign", "deassign", "teardown", "grant_map", "grant_unmap")
+GRANT_OPS = ("grant_map", "grant_unmap")
 
 
 class Recorder:
@@ -54,6 +56,13 @@ class Recorder:
             self._add("update", target, g, m, n, t, "")
         self._call += 1
 
+    def grant_iommu(self, target: int, mfn, mapping: bool) -> None:
+        if self._muted:
+            return
+        for m in np.atleast_1d(np.asarray(mfn, np.int64)).tolist():
+            self._add("grant_map" if mapping else "grant_unmap", target, m, m, 1, "", "")
+        self._call += 1
+
     @contextlib.contextmanager
     def muted(self):
         self._muted += 1
@@ -82,6 +91,12 @@ def steps_from_rows(cols: dict, ndomains: int) -> list[list[tuple[str, list]]]:
                 call_key = key
             for i, c in enumerate(("gfn", "mfn", "count", "type")):
                 actions[-1][2 + i].append(cols[c][r])
+        elif op in GRANT_OPS:
+            key = (d, int(cols["step"][r]), int(cols["call"][r]))
+            if key != call_key:
+                actions.append(["grant_iommu", int(cols["target"][r]), [], op == "grant_map"])
+                call_key = key
+            actions[-1][2].append(cols["mfn"][r])
         elif op in ("assign", "deassign"):
             actions.append((op, cols["device"][r]))
             call_key = None
@@ -91,6 +106,8 @@ def steps_from_rows(cols: dict, ndomains: int) -> list[list[tuple[str, list]]]:
     for dom in steps:
         for _, actions in dom:
             for k, a in enumerate(actions):
+                if a[0] == "grant_iommu":
+                    actions[k] = ("grant_iommu", a[1], np.array(a[2], np.int64), a[3])
                 if a[0] == "update":
                     actions[k] = ("update", a[1], np.array(a[2], np.int64), np.array(a[3], np.int64),
                                   np.array(a[4], np.int64), np.array(a[5]))
