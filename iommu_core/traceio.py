@@ -64,7 +64,8 @@ def board_from_dict(d: dict) -> Board:
                  other_mmio=tuple(MmioRegion(**r) for r in d["other_mmio"]),
                  ipmmu_contexts=d["ipmmu_contexts"], reserved_contexts=d["reserved_contexts"], ipmmus=d["ipmmus"],
                  dom0_mmio=tuple(tuple(c) for c in d.get("dom0_mmio", ())), pa_bits=d.get("pa_bits"),
-                 boot_modules=tuple(tuple(r) for r in d.get("boot_modules", ())))
+                 boot_modules=tuple(tuple(r) for r in d.get("boot_modules", ())),
+                 ipmmu_stage2=d.get("ipmmu_stage2", True))
 
 
 def write_trace(path, rows: list[tuple], board: Board, specs: list[DomainSpec], host: dict) -> Path:

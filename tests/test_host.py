@@ -404,3 +404,13 @@ def test_the_readme_shows_the_rules_table():
     assert all(r.source for r in rules.POLICY_RULES.values())
     assert {a for a, r in rules.API_RULES.items() if r.source.startswith(rules.DESIGN)} == {"batched", "blocks"}
     assert rules.POLICY_RULES["lazy"].source.startswith(rules.DESIGN)
+
+
+def test_shared_is_not_applicable_where_the_ipmmu_cannot_walk_stage_2():
+    # upstream's ipmmu_stage2_supported: H3 / M3-W only from ES3.0; the m3w profile is r8a77960 (ES1.x)
+    m3w = board("m3w")
+    assert not m3w.ipmmu_stage2 and board("h3").ipmmu_stage2
+    specs = [DomainSpec("dom0", "dom0", 256 * MIB, passthrough=True)]
+    with pytest.raises(NotApplicable, match="stage-2"):
+        Host(m3w, HostConfig(policy="shared")).run(specs)
+    Host(m3w, HostConfig(policy="declared")).run(specs)

@@ -107,6 +107,10 @@ class Board:
     ipmmu_contexts: int = 8                         # per main IPMMU (Gen3: 8)
     reserved_contexts: int = 1                      # context 0 reserved
     ipmmus: int = 1                                 # main IPMMUs (contexts are per main IPMMU)
+    # Whether the IPMMU can walk the stage-2 P2M, so `shared` applies: upstream checks the SoC and
+    # its cut (ipmmu_stage2_supported: H3 / M3-W from ES3.0, M3-N, S4; xen-project/xen:xen/drivers/
+    # passthrough/arm/ipmmu-vmsa.c @ RELEASE-4.17.0:794).
+    ipmmu_stage2: bool = True
     # What Xen's domain builder maps for dom0, one p2m call each, in order: (first frame,
     # pages) per device-tree reg or PCI range (xen_dom0.dom0_mmio_calls); empty: every
     # region of the board above, one batch.
@@ -303,7 +307,8 @@ def m3w() -> Board:
         ram_banks=((0x0_4800_0000, 0x7800_0000), (0x6_0000_0000, 2 * GIB)),
         masters=tuple(masters),
         other_mmio=_gen3_other_mmio(),
-        ipmmu_contexts=8, reserved_contexts=1, ipmmus=1)
+        ipmmu_contexts=8, reserved_contexts=1, ipmmus=1,
+        ipmmu_stage2=False)         # r8a77960 is M3-W ES1.x: below ES3.0, upstream will not share (HARDWARE.md)
 
 
 # --- a generic large server -----------------------------------------------------------------

@@ -247,7 +247,7 @@ class Domain:
     # -- the IOMMU a policy gives ---------------------------------------------
     def _new_iommu(self):
         if self.rule.shared:
-            return SharedIommu(self.p2m, self.host.costs)
+            return SharedIommu(self.p2m, self.host.costs, stage2_capable=self.host.board.ipmmu_stage2)
         return UnsharedIommu(self.host.iommu_format, self.host.api, self.host.costs)
 
     def create(self) -> tuple[float, int]:
