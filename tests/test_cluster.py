@@ -41,7 +41,10 @@ def test_a_sweep_runs_across_three_nodes(cluster, tmp_path):
     run_dir = run_sweep(sweep, tmp_path / "runs", address=cluster.address)
     rows = read_results(run_dir).to_pylist()
     assert len({r["cell"] for r in rows}) == len(sweep.cells) == 32
-    assert all(r["status"] == "ok" and r["mismatches"] == 0 for r in rows)
+    # m3w's IPMMU (r8a77960, ES1.x) cannot walk stage-2: shared is not applicable there
+    na = {(r["scenario"], r["policy"]) for r in rows if r["status"] == "not-applicable"}
+    assert na == {("m3w", "shared")}
+    assert all(r["status"] == "ok" and r["mismatches"] == 0 for r in rows if r["status"] != "not-applicable")
     assert len({r["worker"] for r in rows}) >= 2             # the work went to more than one worker
 
 

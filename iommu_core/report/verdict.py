@@ -207,13 +207,14 @@ def _hardware(run: _Run, policy: str) -> str | None:
     for key, figs in run.groups.items():
         k = dict(zip(HOST_KEYS, key))
         by_scenario.setdefault(k["scenario"], []).append((k["policy"], figs["assign_refused_context"].mean))
+    refused: dict[str, list[str]] = {}
     for scenario in run.scenarios + sorted(set(by_scenario) - set(run.scenarios)):
-        out_of = refusing(run.groups, {"scenario": scenario, "costs": run.costs})
-        if out_of:
-            domains = max(f["domains"].mean for k, f in run.groups.items() if k[0] == scenario)
-            parts.append("XT takes an IPMMU context at every creation, so " + _and(
-                [f"`{p}` has {_count(v)} of {scenario}'s {_count(domains)} domain creations per host refused"
-                 for p, v in sorted(out_of.items(), key=lambda kv: POLICY_ORDER.index(kv[0]))]))
+        domains = max(f["domains"].mean for k, f in run.groups.items() if k[0] == scenario)
+        for p, v in refusing(run.groups, {"scenario": scenario, "costs": run.costs}).items():
+            refused.setdefault(p, []).append(f"{_count(v)} of {scenario}'s {_count(domains)}")
+    if refused:
+        parts.append("XT takes an IPMMU context at every creation, so creations are refused for want of one: " +
+                     "; ".join(f"under `{p}` {_and(refused[p])} per host" for p in POLICY_ORDER if p in refused))
     for scenario, values in sorted(by_scenario.items()):
         mine = max((v for p, v in values if p == policy), default=0.0)
         if mine > 0:
