@@ -11,6 +11,7 @@ from . import __version__
 from .pgtable import PRESETS, ExtentError, Format
 from .scenarios.files import P2M_FORMAT_CHOICES, XEN_CAPTURE, resolve_p2m_format
 from .sweep.grid import MAX_CELLS
+from .xen.rules import APIS, POLICIES, UNSHARED_FORMATS
 
 MIB = 1 << 20
 
@@ -161,9 +162,8 @@ def _host_row(policy: str, api: str, records: list[dict]) -> dict:
 
 def cmd_boot(args: argparse.Namespace) -> int:
     from .scenarios.files import load_scenario
-    from .xen.domain import POLICIES
     from .xen.host import Host
-    from .xen.iommu import APIS, NotApplicable
+    from .xen.iommu import NotApplicable
 
     _output_file(args.json, "--json")
     policies = list(POLICIES) if args.policy == "all" else [args.policy]
@@ -361,8 +361,8 @@ def cmd_trace_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-POLICY_CHOICES = ["eager", "lazy", "declared", "shared"]
-API_CHOICES = ["per-page", "batched", "blocks"]
+POLICY_CHOICES = list(POLICIES)
+API_CHOICES = list(APIS)
 
 
 def _model_options(p: argparse.ArgumentParser, policy_default: str | None, allow_all: bool = False,
@@ -373,7 +373,7 @@ def _model_options(p: argparse.ArgumentParser, policy_default: str | None, allow
                    choices=POLICY_CHOICES + extra, help="the sync policy" + (" (or all)" if allow_all else ""))
     p.add_argument("--api", default="batched" if policy_default else None, required=policy_default is None,
                    choices=API_CHOICES + extra, help="the IOMMU driver API" + (" (or all)" if allow_all else ""))
-    p.add_argument("--format", default="ipmmu-s1-39", choices=["ipmmu-s1-32", "ipmmu-s1-39"],
+    p.add_argument("--format", default="ipmmu-s1-39", choices=list(UNSHARED_FORMATS),
                    help="the unshared IOMMU's table format (default ipmmu-s1-39)")
     p.add_argument("--p2m-format", default="auto", choices=list(P2M_FORMAT_CHOICES),
                    help="the P2M's format (default auto: what Xen 4.17 builds for the scenario's CPU, capped at "

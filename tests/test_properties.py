@@ -14,6 +14,7 @@ from iommu_core.pgtable.descriptors import MEMTYPE_NAMES, PERM_NAMES, allowed_pe
 from iommu_core.pgtable.format import PRESETS
 
 BLOCK = 512                      # pages in 2 MiB
+GIB_PAGES = 1 << 18              # pages in 1 GiB
 
 
 def extents_strategy(fmt, window_pages, base_page, out_base_page, max_len, align=BLOCK):
@@ -148,7 +149,7 @@ BASE = (1 << 18) - 2 * BLOCK             # straddles the 1 GiB boundary: two lev
 @given(data=st.data())
 def test_random_sequences_match_the_model_and_the_reference(preset, data):
     fmt = PRESETS[preset]
-    ops = data.draw(ops_strategy(fmt, WINDOW, BASE, 1 << 18, 3 * BLOCK))
+    ops = data.draw(ops_strategy(fmt, WINDOW, BASE, GIB_PAGES, 3 * BLOCK))
     run_sequence(fmt, ops, WINDOW, BASE)
 
 
@@ -157,11 +158,9 @@ def test_random_sequences_match_the_model_and_the_reference(preset, data):
 @given(data=st.data())
 def test_random_sequences_with_reclaim(preset, data):
     fmt = PRESETS[preset]
-    ops = data.draw(ops_strategy(fmt, WINDOW, BASE, 1 << 18, 3 * BLOCK))
+    ops = data.draw(ops_strategy(fmt, WINDOW, BASE, GIB_PAGES, 3 * BLOCK))
     run_sequence(fmt, ops, WINDOW, BASE, reclaim=True)
 
-
-GIB = 1 << 18
 
 
 @pytest.mark.slow
@@ -170,8 +169,9 @@ GIB = 1 << 18
 @given(data=st.data())
 def test_random_sequences_with_gigabyte_blocks(preset, data):
     fmt = PRESETS[preset]
-    ops = data.draw(ops_strategy(fmt, 2 * GIB, GIB, 2 * GIB, GIB + 2 * BLOCK, align=GIB, max_ops=5))
-    run_sequence(fmt, ops, 2 * GIB, GIB, with_reference=False)
+    ops = data.draw(ops_strategy(fmt, 2 * GIB_PAGES, GIB_PAGES, 2 * GIB_PAGES, GIB_PAGES + 2 * BLOCK, align=GIB_PAGES,
+                                  max_ops=5))
+    run_sequence(fmt, ops, 2 * GIB_PAGES, GIB_PAGES, with_reference=False)
 
 
 @pytest.mark.parametrize("preset", ["ipmmu-s1-32", "p2m-s2-40"])
@@ -180,7 +180,7 @@ def test_random_sequences_with_gigabyte_blocks(preset, data):
 def test_single_extent_path_writes_and_counts_like_the_batch_path(preset, data):
     """The same history through plain ints (single-extent path) and 1-element arrays."""
     fmt = PRESETS[preset]
-    ops = data.draw(ops_strategy(fmt, WINDOW, BASE, 1 << 18, 3 * BLOCK))
+    ops = data.draw(ops_strategy(fmt, WINDOW, BASE, GIB_PAGES, 3 * BLOCK))
     small, batch = PageTable(fmt), PageTable(fmt)
     for op in ops:
         for extents in op[1]:

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..xen.rules import APIS, POLICIES
+
 MIB = 2**20
 PAGE = 4096
 HOST_KEYS = ("scenario", "format", "p2m_format", "costs", "policy", "api")
-POLICY_ORDER = ("eager", "lazy", "declared", "shared")
-API_ORDER = ("per-page", "batched", "blocks")
+POLICY_ORDER = POLICIES             # the rules table's order: the thread's
+API_ORDER = APIS
 
 # Per-cell sums over domains, by column.
 _SUMS = ("ram_bytes", "iommu_table_bytes", "iommu_min_table_bytes", "toolstack_reserved_bytes", "calls",

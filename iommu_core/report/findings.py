@@ -13,6 +13,7 @@ scenario (rows: format and figure; columns: the policies).
 
 from __future__ import annotations
 
+from ..xen.rules import POLICY_RULES
 from .figures import HOST_KEYS, POLICY_ORDER, Stat
 
 METRICS = (  # figure, what it is, unit, format, its row in a findings table
@@ -23,7 +24,7 @@ METRICS = (  # figure, what it is, unit, format, its row in a findings table
     ("invalidations", "IOTLB invalidations per host", "", ",.0f", "invalidations per host"),
 )
 REFUSED = ("create_refused_context", "domain creations refused per host", "", ".2f", "creations refused")
-UNSHARED = ("eager", "lazy", "declared")
+UNSHARED = tuple(name for name, rule in POLICY_RULES.items() if not rule.shared)
 
 
 def refusing(groups: dict[tuple, dict[str, Stat]], where: dict) -> dict[str, float]:

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..xen.costs import CostModel
-from ..xen.domain import POLICIES
-from ..xen.iommu import APIS
+from ..xen.rules import APIS, POLICIES, UNSHARED_FORMATS
 
 AXES = ("scenarios", "policies", "apis", "formats", "p2m_formats", "seeds")
 SWEEP_KEYS = {"name", "check", *AXES}
@@ -161,7 +160,7 @@ def _axes(table: dict, where: str, path: Path, fail, defaults: bool = True) -> d
     axes = {}
     for key, allowed, default, kind in (
             ("scenarios", None, None, str), ("policies", POLICIES, list(POLICIES), str),
-            ("apis", APIS, list(APIS), str), ("formats", ("ipmmu-s1-32", "ipmmu-s1-39"), ["ipmmu-s1-39"], str),
+            ("apis", APIS, list(APIS), str), ("formats", UNSHARED_FORMATS, ["ipmmu-s1-39"], str),
             ("p2m_formats", P2M_FORMAT_CHOICES, ["p2m-s2-40"], str), ("seeds", None, [0], int)):
         if defaults or key in table:
             axes[key] = names(key, allowed, default, kind)

@@ -130,6 +130,11 @@ FORMAT_RULES = {
                    f"without imctr_va64 (pre-Gen3, {XT}:1306)",
 }
 
+# The names every layer offers (the CLI's choices, the sweep's axes, the report's order): the tables' keys.
+POLICIES = tuple(POLICY_RULES)
+APIS = tuple(API_RULES)
+UNSHARED_FORMATS = tuple(sorted(FORMAT_RULES))
+
 # Stage-2 TLB and P2M write rules (every policy), cited where the model applies them.
 TLB_RULE = (f"one synchronous stage-2 TLB flush per modified valid leaf (break-before-make, {P2M_C}:1190), one "
             f"per superpage split ({P2M_C}:1114), one deferred per locked update that removed a valid entry "
