@@ -2,13 +2,14 @@
 
 import json
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from iommu_core.results import MANIFEST_NAME, SCHEMA_VERSION, ResultsError, read_results
-from iommu_core.sweep.grid import SweepError, load_sweep
+from iommu_core.sweep.grid import SweepError, load_sweep, sweep_from_text
 from iommu_core.sweep.progress import Quiet
 from iommu_core.sweep.runner import SweepStopped, _check_address, run_sweep
 
@@ -176,6 +177,23 @@ def test_batches_hold_every_cell_once_and_start_with_each_scenario():
     assert sorted(c.key for b in batches for c in b) == sorted(c.key for c in cells)
     scenarios = {c.scenario for c in cells}
     assert {b[0].scenario for b in batches[:len(scenarios)]} == scenarios
+
+
+def test_cells_are_weighted_by_their_hosts_size_not_their_name(tmp_path):
+    # A host of many domains (here a copy of the server, renamed) is a task of its own; small ones pair up.
+    from iommu_core.scenarios.files import shipped
+    from iommu_core.sweep.runner import BIG_HOST_DOMAINS, _batches
+    big = tmp_path / "big-box.toml"
+    big.write_text(shipped()["server"].read_text().replace('name = "server"', 'name = "big-box"'))
+    cells = sweep_from_text(f'''[sweep]
+name = "w"
+scenarios = ["{big}", "small-h3"]
+policies = ["eager"]
+apis = ["batched"]
+seeds = [0, 1, 2, 3]
+''', tmp_path / "w.toml").cells
+    sizes = {(Path(b[0].scenario).stem, len(b)) for b in _batches(cells)}
+    assert sizes == {("big-box", 1), ("small-h3", 2)} and BIG_HOST_DOMAINS <= 101
 
 
 def test_the_eta_counts_each_scenario_at_its_own_mean():

@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import functools
 import json
 import os
 import platform
@@ -85,10 +86,20 @@ _API_WEIGHT = {"per-page": 3, "batched": 2, "blocks": 1}
 _POLICY_WEIGHT = {"eager": 4, "declared": 2, "lazy": 2, "shared": 1}
 
 
+BIG_HOST_DOMAINS = 32               # a host of this many domains is a task of its own (domU builds dominate)
+
+
+@functools.lru_cache(maxsize=None)
+def _domains(scenario: str) -> int:
+    """How many domains a scenario's host runs (the seed draws sizes, not the count)."""
+    from ..scenarios.files import load_scenario
+    return len(load_scenario(scenario).specs)
+
+
 def _batches(cells: tuple[Cell, ...]) -> list[list[Cell]]:
-    big = [c for c in cells if Path(c.scenario).stem == "server"]
-    big.sort(key=lambda c: -_API_WEIGHT[c.api] * _POLICY_WEIGHT[c.policy])
-    small = [c for c in cells if Path(c.scenario).stem != "server"]
+    big = [c for c in cells if _domains(c.scenario) >= BIG_HOST_DOMAINS]
+    big.sort(key=lambda c: -_domains(c.scenario) * _API_WEIGHT[c.api] * _POLICY_WEIGHT[c.policy])
+    small = [c for c in cells if _domains(c.scenario) < BIG_HOST_DOMAINS]
     batches = [[c] for c in big] + [small[i:i + SMALL_CELLS_PER_TASK] for i in range(0, len(small),
                                                                                     SMALL_CELLS_PER_TASK)]
     # One early batch of each scenario, so the ETA knows every scenario's cost from the start.
