@@ -79,7 +79,7 @@ def _fmt(v) -> str:
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
-    from .guestmap import guest_layout, map_guest
+    from .xen.guestmap import guest_layout, map_guest
 
     _output_file(args.json, "--json")
     if args.export and Path(args.export).exists() and not Path(args.export).is_dir():

@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 
 from iommu_core.cli import main
-from iommu_core.guestmap import (
-    GUEST_RAM0,
-    GUEST_RAM1_BASE,
-    H3_RAM_BANKS,
-    MIB,
-    guest_layout,
-)
+from iommu_core.xen.domain import GUEST_RAM0, GUEST_RAM1_GFN
+from iommu_core.xen.guestmap import H3_RAM_BANKS, MIB, guest_layout
 
 
 def in_banks(pa, n):
@@ -27,8 +22,8 @@ def test_guest_layout_covers_the_ram_from_board_banks(ram_mib, chunk_kib):
     ends = lay.pa + lay.npages * 4096
     order = np.argsort(lay.pa)
     assert np.all(lay.pa[order][1:] >= ends[order][:-1])            # no machine page given twice
-    ram0 = lay.iova < GUEST_RAM1_BASE
-    assert int(lay.npages[ram0].sum()) * 4096 == min(ram_mib * MIB, GUEST_RAM0[1])
+    ram0 = lay.iova < GUEST_RAM1_GFN * 4096
+    assert int(lay.npages[ram0].sum()) == min(ram_mib * MIB // 4096, GUEST_RAM0[1])
 
 
 def test_tables_job_prints_and_writes_one_row_per_table(tmp_path, capsys):

@@ -3,7 +3,7 @@
 A first end-to-end job on the engine alone: how big is each format's table for
 the same guest, how much of the guest can a format reach, and does every table
 decode to exactly the mappings asked for. The board is the model's R-Car H3
-Salvator-X profile and the guest layout is the model's (Xen's) one.
+Salvator-X profile and the guest layout is a domain's own (xen/domain.py, Xen's).
 """
 
 from __future__ import annotations
@@ -13,17 +13,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .pgtable import Extents, Format, PageTable
-from .pgtable.extents import merge_runs
-from .pgtable.format import GRANULE, GRANULE_SHIFT
-from .xen import domain as layout
-from .xen.board import h3
+from ..pgtable import Extents, Format, PageTable
+from ..pgtable.extents import merge_runs
+from ..pgtable.format import GRANULE
+from .board import h3
+from .domain import guest_ram_gfns, place
 
 MIB = 1 << 20
 GIB = 1 << 30
 H3_RAM_BANKS = h3().ram_banks
-GUEST_RAM0 = tuple(x << GRANULE_SHIFT for x in layout.GUEST_RAM0)   # (base, size) in bytes
-GUEST_RAM1_BASE = layout.GUEST_RAM1_GFN << GRANULE_SHIFT
 DOM0_MEM = GIB                               # taken from the first banks before the guest
 
 
@@ -68,19 +66,9 @@ def guest_layout(ram_bytes: int, chunk_bytes: int = 2 * MIB, seed: int = 0) -> G
     pa = rng.permutation(chunks)[:need]
     sizes = np.full(need, chunk_bytes, np.int64)
     sizes[-1] = ram_bytes - chunk_bytes * (need - 1)
-    gpa = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    ram0 = min(ram_bytes, GUEST_RAM0[1])
-    iova = np.where(gpa < ram0, GUEST_RAM0[0] + gpa, GUEST_RAM1_BASE + gpa - ram0)
-    # A chunk that straddles the RAM0 end is cut in two.
-    cross = (gpa < ram0) & (gpa + sizes > ram0)
-    if cross.any():
-        i = int(np.argmax(cross))
-        head = ram0 - gpa[i]
-        iova = np.insert(iova, i + 1, GUEST_RAM1_BASE)
-        pa = np.insert(pa, i + 1, pa[i] + head)
-        sizes = np.insert(sizes, i + 1, sizes[i] - head)
-        sizes[i] = head
-    return GuestLayout(iova, pa, sizes // GRANULE)
+    # The domain's own layout (RAM0, then RAM1); a chunk that straddles RAM0's end is cut in two.
+    gfn, mfn, nr = place(guest_ram_gfns(0, ram_bytes // GRANULE), pa // GRANULE, sizes // GRANULE)
+    return GuestLayout(gfn * GRANULE, mfn * GRANULE, nr)
 
 
 def expected_extents(layout: GuestLayout, fmt: Format) -> tuple[Extents, int]:
