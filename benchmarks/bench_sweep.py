@@ -12,7 +12,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from iommu_core.results import MANIFEST_NAME, read_results
+from iommu_core.store.results import MANIFEST_NAME, read_results
 from iommu_core.sweep.grid import Sweep, load_sweep
 from iommu_core.sweep.runner import run_sweep
 

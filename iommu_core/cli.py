@@ -199,7 +199,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .report.figures import hosts
     from .report.page import headline
-    from .results import read_results
+    from .store.results import read_results
     from .sweep.grid import load_sweep
     from .sweep.progress import Bar, Quiet
     from .sweep.runner import SweepStopped, run_sweep
@@ -249,7 +249,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report.compare import compare
-    from .results import run_directory
+    from .store.results import run_directory
 
     def where(run):
         return run_directory(run) if run and Path(run).is_dir() else run_directory(args.results, run)
@@ -277,7 +277,7 @@ def _host_settings(scenario, config) -> dict:
 
 def cmd_trace_record(args: argparse.Namespace) -> int:
     from .scenarios.files import load_scenario
-    from .traceio import write_trace
+    from .store.traces import write_trace
     from .xen.host import Host
     from .xen.trace import Recorder
 
@@ -299,7 +299,7 @@ def cmd_trace_record(args: argparse.Namespace) -> int:
 def cmd_trace_import(args: argparse.Namespace) -> int:
     from .scenarios.devicetree import board_from_devicetree
     from .scenarios.files import DATA
-    from .traceio import write_trace
+    from .store.traces import write_trace
     from .xenlog import domain_specs, read_call_log, to_trace_rows
 
     log = read_call_log(args.log)
@@ -337,7 +337,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_trace_replay(args: argparse.Namespace) -> int:
-    from .traceio import read_trace
+    from .store.traces import read_trace
     from .xen.host import Host, HostConfig
     from .xen.iommu import NotApplicable
     from .xen.trace import steps_from_rows

@@ -3,7 +3,7 @@
 Columns (one row per call, in seq order): seq, domid, gfn, nr, mfn, type, type_name,
 access, caller, hypercall, phase, rc. Numbers are decimal or 0x-hex; a removal's mfn
 may be INVALID. `read_call_log` refuses a bad row with its row number and the reason;
-`to_trace_rows` turns the calls into the trace schema (traceio.py) so that `trace
+`to_trace_rows` turns the calls into the trace schema (store/traces.py) so that `trace
 replay` runs them under every policy and API; `replay_counters` applies them one by
 one to per-domain P2Ms and reads Xen's statistics where a counters file says Xen
 dumped them (debug key q).
@@ -158,7 +158,7 @@ def domain_specs(log: CallLog) -> list[DomainSpec]:
 
 
 def to_trace_rows(log: CallLog) -> list[tuple]:
-    """Trace rows (traceio's COLUMNS order): per domain, a step per run of calls of one phase,
+    """Trace rows (the trace's COLUMNS order): per domain, a step per run of calls of one phase,
     each call its own update; "booted" after a domain's build; a teardown for a destroyed domU."""
     index = {d: i for i, d in enumerate(dict.fromkeys(log.domid.tolist()))}
     steps: dict[int, list] = {i: [] for i in index.values()}

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from iommu_core.results import MANIFEST_NAME, write_part
+from iommu_core.store.results import MANIFEST_NAME, write_part
 from iommu_core.sweep.grid import load_sweep
 from iommu_core.sweep.runner import run_cells
 

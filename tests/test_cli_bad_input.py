@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from iommu_core.cli import main
-from iommu_core.results import MANIFEST_NAME, ResultsError, read_results
+from iommu_core.store.results import MANIFEST_NAME, ResultsError, read_results
 from iommu_core.scenarios.devicetree import board_to_dts
 from iommu_core.xen.board import h3
 
@@ -315,7 +315,7 @@ def test_workers_with_a_leading_zero_is_decimal():
 
 
 def test_trace_record_to_a_folder_leaves_no_tmp_beside_it(tmp_path):
-    from iommu_core.traceio import write_trace
+    from iommu_core.store.traces import write_trace
     (tmp_path / "out").mkdir()
     with pytest.raises(OSError):
         write_trace(tmp_path / "out", [], h3(), [], {})

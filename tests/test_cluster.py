@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from iommu_core.results import read_results
+from iommu_core.store.results import read_results
 from iommu_core.sweep.grid import load_sweep
 from iommu_core.sweep.runner import run_sweep
 

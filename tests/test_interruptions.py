@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from iommu_core.cli import main
-from iommu_core.results import MANIFEST_NAME, read_results
+from iommu_core.store.results import MANIFEST_NAME, read_results
 from iommu_core.sweep.grid import load_sweep
 from iommu_core.sweep.runner import LOCK_NAME, RunLock, reap_stale_runs
 

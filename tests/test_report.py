@@ -25,7 +25,7 @@ from iommu_core.cli import main
 from iommu_core.report.compare import compare
 from iommu_core.report.figures import ReportError
 from iommu_core.report.page import build
-from iommu_core.results import read_results
+from iommu_core.store.results import read_results
 from runs import REFERENCE, make_run
 
 SMALL = """

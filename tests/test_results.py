@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from iommu_core.results import MANIFEST_NAME, ResultsError, latest_run, read_manifest, read_results
+from iommu_core.store.results import MANIFEST_NAME, ResultsError, latest_run, read_manifest, read_results
 from runs import REFERENCE, make_run
 
 TINY = """

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from iommu_core.results import MANIFEST_NAME, SCHEMA_VERSION, ResultsError, read_results
+from iommu_core.store.results import MANIFEST_NAME, SCHEMA_VERSION, ResultsError, read_results
 from iommu_core.sweep.grid import SweepError, load_sweep, sweep_from_text
 from iommu_core.sweep.progress import Quiet
 from iommu_core.sweep.runner import SweepStopped, _check_address, run_sweep

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from iommu_core.scenarios.files import load_scenario
-from iommu_core.traceio import TraceError, read_trace, write_trace
+from iommu_core.store.traces import TraceError, read_trace, write_trace
 from iommu_core.xen.host import WALL_FIELDS, Host
 from iommu_core.xen.trace import Recorder, steps_from_rows
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from ..results import read_results
+from ..store.results import read_results
 from .figures import HOST_KEYS, by_host_key, hosts
 
 FIGURES = (  # figure, title, format

@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..results import read_manifest, read_results, run_directory
+from ..store.results import read_manifest, read_results, run_directory
 from . import html, plots
 from .figures import HOST_KEYS, ReportError, by_host_key, domains_with_devices, first_costs, hosts, workers
 from .findings import findings, tables

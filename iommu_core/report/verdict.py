@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ..results import read_results, run_directory
+from ..store.results import read_results, run_directory
 from .figures import API_ORDER, HOST_KEYS, POLICY_ORDER, Stat, by_host_key, first_costs, hosts
 from ..xen.rules import DESIGN, API_RULES, POLICY_RULES
 from .findings import UNSHARED, best_per_policy, refusing

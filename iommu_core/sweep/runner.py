@@ -35,7 +35,7 @@ import uuid
 from pathlib import Path
 
 from .. import __version__
-from ..results import ResultsError, placeholder, read_manifest, row, write_manifest, write_part
+from ..store.results import ResultsError, placeholder, read_manifest, row, write_manifest, write_part
 from .grid import MAX_CELLS, Cell, Sweep, SweepError, sweep_from_text
 from .progress import Eta, Quiet
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import pairwise
 
 PAGE = 1 << 12
@@ -189,6 +189,22 @@ class Board:
     @property
     def ram_pages(self) -> int:
         return self.ram_bytes // PAGE
+
+    def to_dict(self) -> dict:
+        """Plain data (JSON-ready), as a trace keeps its board."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Board:
+        """The board `to_dict` gave; keys newer than the data (a trace's) take their defaults."""
+        masters = tuple(DmaMaster(m["name"], tuple(MmioRegion(**r) for r in m["regions"]), m["ipmmu"],
+                                  m["main_ipmmu"]) for m in d["masters"])
+        return cls(name=d["name"], ram_banks=tuple(tuple(b) for b in d["ram_banks"]), masters=masters,
+                   other_mmio=tuple(MmioRegion(**r) for r in d["other_mmio"]),
+                   ipmmu_contexts=d["ipmmu_contexts"], reserved_contexts=d["reserved_contexts"],
+                   ipmmus=d["ipmmus"], dom0_mmio=tuple(tuple(c) for c in d.get("dom0_mmio", ())),
+                   pa_bits=d.get("pa_bits"), boot_modules=tuple(tuple(r) for r in d.get("boot_modules", ())),
+                   ipmmu_stage2=d.get("ipmmu_stage2", True))
 
     @property
     def usable_contexts(self) -> int:

@@ -17,16 +17,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .xen.board import Board, DmaMaster, MmioRegion
-from .xen.domain import DomainSpec
-from .xen.trace import COLUMNS, OPS, VALID_TYPES
+from ..xen.board import Board
+from ..xen.domain import DomainSpec
+from ..xen.trace import COLUMNS, OPS, VALID_TYPES
+from .common import atomic_write, check_version, field
 
 SCHEMA_VERSION = "3"
 READABLE_VERSIONS = ("1", "2", "3")     # version 1 lacks seq, caller and hypercall; 3 adds grant_map / grant_unmap
 
 
 def _field(name, typ, doc):
-    return pa.field(name, typ, nullable=False, metadata={"doc": doc})
+    return field(name, typ, doc=doc, nullable=False)
 
 
 TRACE_SCHEMA = pa.schema([
@@ -53,21 +54,6 @@ class TraceError(ValueError):
     """A trace that cannot be replayed: names the file, the row and the reason."""
 
 
-def board_dict(b: Board) -> dict:
-    return asdict(b)
-
-
-def board_from_dict(d: dict) -> Board:
-    masters = tuple(DmaMaster(m["name"], tuple(MmioRegion(**r) for r in m["regions"]), m["ipmmu"], m["main_ipmmu"])
-                    for m in d["masters"])
-    return Board(name=d["name"], ram_banks=tuple(tuple(b) for b in d["ram_banks"]), masters=masters,
-                 other_mmio=tuple(MmioRegion(**r) for r in d["other_mmio"]),
-                 ipmmu_contexts=d["ipmmu_contexts"], reserved_contexts=d["reserved_contexts"], ipmmus=d["ipmmus"],
-                 dom0_mmio=tuple(tuple(c) for c in d.get("dom0_mmio", ())), pa_bits=d.get("pa_bits"),
-                 boot_modules=tuple(tuple(r) for r in d.get("boot_modules", ())),
-                 ipmmu_stage2=d.get("ipmmu_stage2", True))
-
-
 def write_trace(path, rows: list[tuple], board: Board, specs: list[DomainSpec], host: dict) -> Path:
     """Write rows (tuples in COLUMNS order) atomically: a temporary file renamed into place."""
     path = Path(path)
@@ -75,19 +61,12 @@ def write_trace(path, rows: list[tuple], board: Board, specs: list[DomainSpec], 
     table = pa.table({name: pa.array(col, type=TRACE_SCHEMA.field(name).type) for name, col in zip(COLUMNS, cols)},
                      schema=TRACE_SCHEMA)
     meta = {b"schema_version": SCHEMA_VERSION.encode(),
-            b"board": json.dumps(board_dict(board)).encode(),
+            b"board": json.dumps(board.to_dict()).encode(),
             b"domains": json.dumps([asdict(s) for s in specs]).encode(),
             b"host": json.dumps(host).encode()}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        pq.write_table(table, tmp)
-        tmp.replace(path)
-    except BaseException:                   # e.g. path is a folder: no stray .tmp beside it
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp), tmp_name=path.name + ".tmp")
 
 
 def read_trace(path) -> tuple[dict, Board, list[DomainSpec], dict]:
@@ -100,10 +79,8 @@ def read_trace(path) -> tuple[dict, Board, list[DomainSpec], dict]:
     except (OSError, pa.ArrowInvalid) as e:
         raise TraceError(f"{path}: not a readable Parquet trace: {e}") from None
     meta = table.schema.metadata or {}
-    version = meta.get(b"schema_version", b"").decode()
-    if version not in READABLE_VERSIONS:
-        raise TraceError(f"{path}: unknown trace schema version {version!r}; this reader knows "
-                         f"{', '.join(READABLE_VERSIONS)}")
+    version = check_version(str(path), "trace", meta.get(b"schema_version", b"").decode(), READABLE_VERSIONS,
+                            TraceError)
     if version == "1":
         n = table.num_rows
         table = table.append_column("seq", pa.array([-1] * n, pa.int64()))
@@ -116,7 +93,7 @@ def read_trace(path) -> tuple[dict, Board, list[DomainSpec], dict]:
             raise TraceError(f"{path}: column {field.name!r} is {table.schema.field(field.name).type}, "
                              f"not {field.type}")
     try:
-        board = board_from_dict(json.loads(meta[b"board"]))
+        board = Board.from_dict(json.loads(meta[b"board"]))
         specs = [DomainSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
                  for s in json.loads(meta[b"domains"])]
         host = json.loads(meta[b"host"])

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import numbers
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from .common import atomic_write, check_version, field
 
 # 2: map_calls, unmap_calls (to pool latencies over domains); 3: Xen's own P2M counters and the
 # table's true leaves per level, and the leaves relinquish_p2m_mapping removed; 4: p2m_cache_lines_cleaned,
@@ -26,10 +27,7 @@ READABLE_VERSIONS = ("2", "3", "4")     # older rows read with the newer columns
 PARTITIONS = ("scenario", "policy", "api")
 
 
-def _f(name: str, typ, unit: str = "", doc: str = "") -> pa.Field:
-    meta = {k: v for k, v in (("unit", unit), ("doc", doc)) if v}
-    return pa.field(name, typ, metadata=meta or None)
-
+_f = field
 
 I64, F64, STR, BOOL = pa.int64(), pa.float64(), pa.string(), pa.bool_()
 FIELDS = [
@@ -113,13 +111,8 @@ def write_part(run_dir: Path, rows: list[dict], name: str, provenance: dict) -> 
         part = table.filter(pa.array(mask))
         sub = run_dir.joinpath(*[f"{p}={v}" for p, v in zip(PARTITIONS, key)])
         sub.mkdir(parents=True, exist_ok=True)
-        tmp = sub / f".{name}.parquet.tmp"
-        try:
-            pq.write_table(part.drop_columns(list(PARTITIONS)), tmp)
-            os.replace(tmp, sub / f"{name}.parquet")
-        except BaseException:               # a signal or a full disk: no half file left behind
-            tmp.unlink(missing_ok=True)
-            raise
+        data = part.drop_columns(list(PARTITIONS))
+        atomic_write(sub / f"{name}.parquet", lambda tmp, data=data: pq.write_table(data, tmp))
 
 
 # The run's manifest (provenance, status, cell counts), written last; one name for every reader.
@@ -146,14 +139,8 @@ def read_manifest(run_dir) -> dict:
 
 def write_manifest(run_dir, manifest: dict) -> None:
     """Write the manifest atomically (a temporary file renamed into place)."""
-    path = Path(run_dir) / MANIFEST_NAME
-    tmp = path.with_name(f".{MANIFEST_NAME}.tmp")
-    try:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    text = json.dumps(manifest, indent=2) + "\n"
+    atomic_write(Path(run_dir) / MANIFEST_NAME, lambda tmp: tmp.write_text(text))
 
 
 def latest_run(results) -> Path:
@@ -199,10 +186,8 @@ def read_results(path, run: str | None = None, **filters) -> pa.Table:
             schema = pq.read_schema(f)
         except (OSError, pa.ArrowException) as e:
             raise ResultsError(f"{f}: not a readable Parquet file: {e}") from None
-        version = (schema.metadata or {}).get(b"schema_version", b"").decode()
-        if version not in READABLE_VERSIONS:
-            raise ResultsError(f"{f}: results schema version {version!r}; this reader knows "
-                               f"{', '.join(READABLE_VERSIONS)}")
+        check_version(str(f), "results", (schema.metadata or {}).get(b"schema_version", b"").decode(),
+                      READABLE_VERSIONS, ResultsError)
     part = ds.partitioning(pa.schema([SCHEMA.field(p) for p in PARTITIONS]), flavor="hive")
     # The whole schema: columns an older version lacks read as nulls.
     table = ds.dataset([str(f) for f in files], format="parquet", partitioning=part, schema=SCHEMA,

@@ -1,0 +1,1 @@
+"""What the project keeps on disk: sweep results and traces, both Parquet with a schema version."""
