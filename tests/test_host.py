@@ -414,3 +414,16 @@ def test_shared_is_not_applicable_where_the_ipmmu_cannot_walk_stage_2():
     with pytest.raises(NotApplicable, match="stage-2"):
         Host(m3w, HostConfig(policy="shared")).run(specs)
     Host(m3w, HostConfig(policy="declared")).run(specs)
+
+
+def test_records_are_domain_records_and_the_readme_shows_their_fields():
+    from dataclasses import fields
+    from pathlib import Path
+
+    from iommu_core.store.results import NAMES
+    from iommu_core.xen.record import DomainRecord, columns, markdown
+    _, r = run("eager", specs=tiny(balloon=False))
+    assert list(r["g"]) == [f.name for f in fields(DomainRecord)]
+    assert all(f.metadata["doc"] for f in fields(DomainRecord))             # every field says what it is
+    assert {name for name, *_ in columns()} <= set(NAMES)
+    assert markdown() in (Path(__file__).parent.parent / "README.md").read_text()

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from ..xen.record import columns as record_columns
 from .common import atomic_write, check_version, field
 
 # 2: map_calls, unmap_calls (to pool latencies over domains); 3: Xen's own P2M counters and the
@@ -30,49 +31,15 @@ PARTITIONS = ("scenario", "policy", "api")
 _f = field
 
 I64, F64, STR, BOOL = pa.int64(), pa.float64(), pa.string(), pa.bool_()
+_TYPES = {"str": STR, "int": I64, "float": F64, "bool": BOOL}
+_CELL_KEYS = ("policy", "api", "format", "p2m_format", "seed")       # a record's fields the head already has
 FIELDS = [
     _f("run_id", STR), _f("cell", STR, doc="the cell's key: scenario/policy/api/format/p2m_format/costs/seed"),
     _f("scenario", STR), _f("policy", STR), _f("api", STR), _f("format", STR), _f("p2m_format", STR),
     _f("costs", STR, doc="the cost-model variant's name"), _f("seed", I64),
     _f("status", STR, doc="ok | failed | not-applicable"), _f("error", STR),
-    _f("domain", STR), _f("domid", I64), _f("kind", STR), _f("ram_bytes", I64, "bytes"),
-    _f("host_ram_bytes", I64, "bytes"), _f("devices", I64), _f("passthrough_flag", BOOL), _f("destroyed", BOOL),
-    _f("iommu_table_bytes", I64, "bytes", "peak"), _f("p2m_table_bytes", I64, "bytes", "peak"),
-    _f("iommu_table_bytes_final", I64, "bytes"), _f("p2m_table_bytes_final", I64, "bytes"),
-    *[_f(f"iommu_tables_l{lvl}", I64, "tables", "final") for lvl in range(4)],
-    *[_f(f"p2m_tables_l{lvl}", I64, "tables", "final") for lvl in range(4)],
-    _f("iommu_min_table_bytes", I64, "bytes"), _f("toolstack_reserved_bytes", I64, "bytes"),
-    _f("iommu_used_over_reserved", F64, "ratio"), _f("iommu_bytes_over_ram", F64, "ratio"),
-    _f("calls", I64), _f("descriptors_written", I64), _f("tables_allocated", I64), _f("tables_freed", I64),
-    _f("block_splits", I64),
-    _f("invalidations", I64, "invalidations", "IOTLB invalidations issued to the IOMMU (whole-context flushes), "
-       "under the rules of rules.py"),
-    _f("cache_lines_cleaned", I64, "cleans", "the unshared table's cache cleans: one per entry written plus "
-       "64 per new table page"),
-    _f("populate_pages", I64, "pages"), _f("unreachable_pages", I64, "pages"),
-    _f("assign_refused_context", I64), _f("assign_refused_undeclared", I64),
-    _f("create_refused_context", I64, doc="1 when the domain's creation was refused for lack of an IPMMU "
-       "context (unshared, as XT allocates it at creation); the domain then has no other activity"),
-    _f("p2m_calls", I64), _f("p2m_descriptors_written", I64), _f("p2m_tables_allocated", I64),
-    _f("p2m_block_splits", I64),
-    _f("tlb_flushes", I64, "flushes", "stage-2 TLB flushes: one per leaf written over a valid entry, one per "
-       "split, one deferred per locked update with removals"),
-    _f("p2m_cache_lines_cleaned", I64, "cleans", "P2M cache cleans (clean_pte: IOMMU enabled, walker not "
-       "coherent): one per entry written plus 64 per new table page"),
-    _f("p2m_relinquished_leaves", I64, "leaves", "removed by relinquish_p2m_mapping at destroy"),
-    *[_f(f"p2m_mappings_{s}", I64, "leaves", f"Xen 4.17's own {s.upper()} mappings counter (debug key q)")
-      for s in ("1g", "2m", "4k")],
-    *[_f(f"p2m_shattered_{s}", I64, "blocks", f"Xen 4.17's own count of shattered {s.upper()} blocks")
-      for s in ("1g", "2m")],
-    *[_f(f"p2m_leaves_{s}", I64, "leaves", f"valid {s.upper()} leaves in the P2M") for s in ("1g", "2m", "4k")],
-    _f("boot_ns", F64, "ns", "modelled"), _f("assign_ns", F64, "ns", "modelled, slowest assignment"),
-    _f("teardown_ns", F64, "ns", "modelled"), _f("inv_wait_ns", F64, "ns", "modelled wait for the queue"),
-    _f("map_calls", I64, doc="map calls behind map_lat_*"), _f("unmap_calls", I64, doc="unmap calls behind unmap_lat_*"),
-    _f("map_lat_mean_us", F64, "us"), _f("map_lat_std_us", F64, "us"),
-    _f("unmap_lat_mean_us", F64, "us"), _f("unmap_lat_std_us", F64, "us"),
-    _f("mismatches", I64),
-    _f("engine_wall_s", F64, "s", "wall clock: differs between runs"),
-    _f("sim_pages_per_s_wall", F64, "pages/s", "wall clock: differs between runs"),
+    # one domain's record (xen/record.py: every field's unit and meaning is written there)
+    *[_f(name, _TYPES[kind], unit, doc) for name, kind, unit, doc in record_columns() if name not in _CELL_KEYS],
     _f("cell_wall_s", F64, "s", "wall clock of the whole cell"), _f("worker", STR, doc="node and process of the cell"),
 ]
 SCHEMA = pa.schema(FIELDS, metadata={"schema_version": SCHEMA_VERSION})

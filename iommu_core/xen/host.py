@@ -24,6 +24,7 @@ from ..pgtable import Format, PageTable
 from ..pgtable.format import GRANULE
 from .costs import CostModel
 from .domain import DOM0_FOREIGN_GFN, GUEST_RAM0, POLICIES, Domain, DomainSpec
+from .record import DomainRecord
 from .domain import _pages as _pages_of
 from .iommu import APIS, SHARED_MAX_IPA_BITS, Contexts, NotApplicable
 from .dom0 import DOM0_SHARED_INFO_PAGE, DOMID_XEN, allocate_memory_11, xen_held, xen_image
@@ -423,47 +424,38 @@ class Host:
         reserve = toolstack_reservation(d.spec.ram_bytes)
         devices = len(d.ever_devices)
         total_wall = self.wall_s
-        rec = {
-            "policy": cfg.policy, "api": cfg.api, "format": cfg.iommu_format, "p2m_format": cfg.p2m_format,
-            "domain": "dom0" if d.domid == 0 else d.name, "domid": d.domid, "kind": d.spec.kind,
-            "ram_bytes": d.spec.ram_bytes, "host_ram_bytes": self.board.ram_bytes, "devices": devices,
-            "passthrough_flag": d.spec.passthrough, "destroyed": not d.alive,
-            "iommu_table_bytes": k.peak_iommu_bytes, "p2m_table_bytes": k.peak_p2m_bytes,
-            "iommu_table_bytes_final": ist["table_bytes"] if ist and d.alive else 0,
-            "p2m_table_bytes_final": p2m["table_bytes"] if d.alive else 0,
-            "iommu_tables_by_level": {str(a): b for a, b in ist["tables_by_level"].items()} if ist else {},
-            "p2m_tables_by_level": {str(a): b for a, b in p2m["tables_by_level"].items()},
-            "iommu_min_table_bytes": min_bytes,
-            "toolstack_reserved_bytes": reserve,
-            "iommu_used_over_reserved": k.peak_iommu_bytes / reserve,
-            "iommu_bytes_over_ram": k.peak_iommu_bytes / d.spec.ram_bytes,
-            "calls": iommu.calls if iommu else 0,
-            "descriptors_written": iommu.descriptors_written if iommu else 0,
-            "tables_allocated": iommu.tables_allocated if iommu else 0,
-            "tables_freed": iommu.tables_freed if iommu else 0,
-            "block_splits": iommu.block_splits if iommu else 0,
-            "invalidations": iommu.invalidations if iommu else 0,
-            "cache_lines_cleaned": iommu.cache_lines_cleaned if iommu else 0,
-            "populate_pages": iommu.populate_pages if iommu else 0,
-            "unreachable_pages": iommu.unreachable_pages if iommu else 0,
-            "assign_refused_context": k.assign_refused_context, "create_refused_context": k.create_refused_context,
-            "assign_refused_undeclared": k.assign_refused_undeclared,
-            "p2m_calls": k.p2m_calls, "p2m_descriptors_written": p2m["descriptors_written"],
-            "p2m_tables_allocated": p2m["tables_allocated"], "p2m_block_splits": p2m["block_splits"],
-            "tlb_flushes": k.tlb_flushes, "p2m_cache_lines_cleaned": k.p2m_cache_lines_cleaned, "p2m_relinquished_leaves": k.relinquished_leaves,
+        zero = iommu is None
+        return DomainRecord(
+            policy=cfg.policy, api=cfg.api, format=cfg.iommu_format, p2m_format=cfg.p2m_format,
+            domain="dom0" if d.domid == 0 else d.name, domid=d.domid, kind=d.spec.kind,
+            ram_bytes=d.spec.ram_bytes, host_ram_bytes=self.board.ram_bytes, devices=devices,
+            passthrough_flag=d.spec.passthrough, destroyed=not d.alive,
+            iommu_table_bytes=k.peak_iommu_bytes, p2m_table_bytes=k.peak_p2m_bytes,
+            iommu_table_bytes_final=ist["table_bytes"] if ist and d.alive else 0,
+            p2m_table_bytes_final=p2m["table_bytes"] if d.alive else 0,
+            iommu_tables_by_level={str(a): b for a, b in ist["tables_by_level"].items()} if ist else {},
+            p2m_tables_by_level={str(a): b for a, b in p2m["tables_by_level"].items()},
+            iommu_min_table_bytes=min_bytes, toolstack_reserved_bytes=reserve,
+            iommu_used_over_reserved=k.peak_iommu_bytes / reserve,
+            iommu_bytes_over_ram=k.peak_iommu_bytes / d.spec.ram_bytes,
+            **{name: 0 if zero else getattr(iommu, name) for name in (
+                "calls", "descriptors_written", "tables_allocated", "tables_freed", "block_splits",
+                "invalidations", "cache_lines_cleaned", "populate_pages", "unreachable_pages")},
+            assign_refused_context=k.assign_refused_context, assign_refused_undeclared=k.assign_refused_undeclared,
+            create_refused_context=k.create_refused_context,
+            p2m_calls=k.p2m_calls, p2m_descriptors_written=p2m["descriptors_written"],
+            p2m_tables_allocated=p2m["tables_allocated"], p2m_block_splits=p2m["block_splits"],
+            tlb_flushes=k.tlb_flushes, p2m_cache_lines_cleaned=k.p2m_cache_lines_cleaned,
+            p2m_relinquished_leaves=k.relinquished_leaves,
             **{f"p2m_{key}": v for key, v in (d.p2m.xen_counters() if d.alive else d.final_xen).items()},
-            "boot_ns": k.boot_ns, "assign_ns": max(k.assign_ns, default=0.0), "teardown_ns": k.teardown_ns,
-            "inv_wait_ns": k.inv_wait_ns,
-            "map_calls": iommu.map_latency.n if iommu else 0,
-            "unmap_calls": iommu.unmap_latency.n if iommu else 0,
-            "map_lat_mean_us": iommu.map_latency.mean_us() if iommu else 0.0,
-            "map_lat_std_us": iommu.map_latency.std_us() if iommu else 0.0,
-            "unmap_lat_mean_us": iommu.unmap_latency.mean_us() if iommu else 0.0,
-            "unmap_lat_std_us": iommu.unmap_latency.std_us() if iommu else 0.0,
-            "mismatches": k.mismatches,
-            "seed": cfg.seed,
-            "engine_wall_s": total_wall,
-            "sim_pages_per_s_wall": sum(x.counts.p2m_pages_mapped for x in self.domains) / total_wall
+            boot_ns=k.boot_ns, assign_ns=max(k.assign_ns, default=0.0), teardown_ns=k.teardown_ns,
+            inv_wait_ns=k.inv_wait_ns,
+            map_calls=0 if zero else iommu.map_latency.n, unmap_calls=0 if zero else iommu.unmap_latency.n,
+            map_lat_mean_us=0.0 if zero else iommu.map_latency.mean_us(),
+            map_lat_std_us=0.0 if zero else iommu.map_latency.std_us(),
+            unmap_lat_mean_us=0.0 if zero else iommu.unmap_latency.mean_us(),
+            unmap_lat_std_us=0.0 if zero else iommu.unmap_latency.std_us(),
+            mismatches=k.mismatches, seed=cfg.seed, engine_wall_s=total_wall,
+            sim_pages_per_s_wall=sum(x.counts.p2m_pages_mapped for x in self.domains) / total_wall
             if total_wall else 0.0,
-        }
-        return rec
+        ).to_dict()
