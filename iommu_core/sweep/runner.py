@@ -584,38 +584,32 @@ def _locked_sweep(sweep, run_dir, run_id, lock, notes, address, workers, object_
                 in_flight_max = parallel if (workers and not local) else 2 * parallel
                 prov = provenance(sweep, run_id, attempt, started, len(ray.nodes()), cpus, parallel)
                 this.update(workers=parallel, ray_cpus=cpus, ray_nodes=prov["ray_nodes"], ray_start_s=ray_start_s)
-                task = ray.remote(max_retries=3)(run_cells)
-                pending = list(enumerate(_batches(todo.cells)))
                 eta = Eta(todo.cells, parallel)
                 bar = progress(len(todo.cells))
                 for n in notes:
                     bar.message(n)
                 t0 = time.perf_counter()
-                while pending or in_flight:
-                    while pending and len(in_flight) < in_flight_max:
-                        k, cells = pending.pop(0)
-                        in_flight[task.remote(cells, todo.costs, run_id)] = (k, cells)
-                    # a timeout, so a signal's handler runs within a second even while Ray waits
-                    ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-                    if not ready:
-                        continue
-                    k, cells = in_flight.pop(ready[0])
-                    try:
-                        rows = ray.get(ready[0])
-                    except ray.exceptions.RayError as e:    # the task's worker died on every retry
-                        rows = [_failed_row(c, run_id, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-                                for c in cells]
+
+                def landed(k: int, cells: list[Cell], rows) -> None:
+                    nonlocal done, failed
+                    if isinstance(rows, Exception):            # the task's worker died on every retry
+                        why = f"{type(rows).__name__}: {str(rows).splitlines()[0] if str(rows) else ''}"
+                        rows = [_failed_row(c, run_id, why) for c in cells]
                     with sig.shielded():                   # a part is written whole, or not at all
                         write_part(run_dir, rows, f"part-{attempt}-{k:05d}", prov)
                     done += len(cells)
                     failed += len({r["cell"] for r in rows if r["status"] == "failed"})
                     bar.update(done, failed, eta.after(rows))
+
+                _drain(ray.remote(max_retries=3)(run_cells), _batches(todo.cells), (todo.costs, run_id),
+                       in_flight_max, landed, in_flight)
                 status = "complete"
             finally:
                 with sig.shielded(raise_after=False):
-                    for ref in in_flight:
-                        with contextlib.suppress(Exception):
-                            ray.cancel(ref, force=True)
+                    if not local:                          # a local Ray's shutdown stops its tasks anyway
+                        for ref in in_flight:
+                            with contextlib.suppress(Exception):
+                                ray.cancel(ref, force=True)
                     ray_cm.__exit__(None, None, None)     # ray.shutdown: stops the local Ray we started
                     lock.write(ray=[])
         except (_Stop, KeyboardInterrupt) as e:
@@ -632,6 +626,29 @@ def _locked_sweep(sweep, run_dir, run_id, lock, notes, address, workers, object_
                            f"interrupted by {signal.Signals(stop_signal).name}: {len(have) + done} of "
                            f"{len(sweep.cells)} cells have results; iommu-bench sweep --resume {run_id} finishes")
     return run_dir
+
+
+def _drain(task, batches: list[list[Cell]], args: tuple, in_flight_max: int, landed, in_flight: dict) -> None:
+    """The scheduling loop: keep at most `in_flight_max` batches in flight and hand each finished one
+    to `landed(k, cells, rows)` (rows, or the Ray error that killed its task), in the order they finish.
+    `in_flight` is the caller's, so that it can cancel what is left if the loop is interrupted."""
+    import ray
+
+    pending = list(enumerate(batches))
+    while pending or in_flight:
+        while pending and len(in_flight) < in_flight_max:
+            k, cells = pending.pop(0)
+            in_flight[task.remote(cells, *args)] = (k, cells)
+        # a timeout, so a signal's handler runs within a second even while Ray waits
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+        if not ready:
+            continue
+        k, cells = in_flight.pop(ready[0])
+        try:
+            rows = ray.get(ready[0])
+        except ray.exceptions.RayError as e:
+            rows = e
+        landed(k, cells, rows)
 
 
 def _failed_row(c: Cell, run_id: str, error: str) -> dict:
