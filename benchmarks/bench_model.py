@@ -16,13 +16,13 @@ import os
 import numpy as np
 
 from iommu_core.scenarios.files import load_scenario
+from iommu_core.units import GIB
 from iommu_core.xen.host import Host
 from iommu_core.xen.iommu import UnsharedIommu
 from iommu_core.xen.p2m import P2M
 from iommu_core.xen.rules import APIS, POLICIES
 
 DOMUS = int(os.environ.get("IOMMU_BENCH_DOMUS", "100"))
-GIB = 1 << 30
 
 
 def boot(policy: str, api: str, scenario: str = "small-h3", check: bool = False, domus: int | None = None) -> list[dict]:

@@ -11,9 +11,9 @@ from . import __version__
 from .pgtable import PRESETS, ExtentError, Format
 from .scenarios.files import P2M_FORMAT_CHOICES, XEN_CAPTURE, resolve_p2m_format
 from .sweep.grid import MAX_CELLS
+from .units import MIB
 from .xen.rules import APIS, POLICIES, UNSHARED_FORMATS
 
-MIB = 1 << 20
 
 
 def _shipped() -> list[str]:

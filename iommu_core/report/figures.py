@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..units import MIB, PAGE
 from ..xen.rules import APIS, POLICIES
 
-MIB = 2**20
-PAGE = 4096
 HOST_KEYS = ("scenario", "format", "p2m_format", "costs", "policy", "api")
 POLICY_ORDER = POLICIES             # the rules table's order: the thread's
 API_ORDER = APIS

@@ -95,6 +95,7 @@ from pathlib import Path
 import numpy as np
 
 from ..pgtable.format import GRANULE
+from ..units import MIB
 from ..xen.board import BOARDS, Board, checked_int
 from ..xen.board import board as make_board
 from ..xen.domain import MAGIC_PAGES, DomainSpec
@@ -104,7 +105,6 @@ from ..xen.iommu import SHARED_MAX_IPA_BITS
 from ..xen.rules import PER_PAGE_FLUSH_VARIANTS
 from ..xen.toolstack import KERNEL_KIB, RAMDISK_KIB
 
-MIB = 1 << 20
 DATA = Path(__file__).parent / "data"
 XEN_CAPTURE = DATA / "xen-real"          # a copy of shared/xen-real's call log, counters and events
 KINDS = ("driver", "guest", "infotainment", "small", "large")

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from ..units import MIB, PAGE
 from ..xen.geometry import CPU_PA_BITS
 from .devicetree import (
     DEFAULT_ADDRESS_CELLS,
@@ -28,8 +29,6 @@ from .devicetree import (
     _strings,
 )
 
-PAGE = 1 << 12
-MIB = 1 << 20
 SKIP_COMPATIBLE = ("xen,xen", "xen,multiboot-module", "multiboot,module", "arm,psci", "arm,psci-0.2",
                    "arm,psci-1.0", "arm,cortex-a7-pmu", "arm,cortex-a15-pmu", "arm,cortex-a53-edac",
                    "arm,armv8-pmuv3", "arm,armv7-timer-mem",

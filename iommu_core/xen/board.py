@@ -17,10 +17,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 
-PAGE = 1 << 12
-KIB = 1 << 10
-MIB = 1 << 20
-GIB = 1 << 30
+from ..units import GIB, KIB, MIB, PAGE
+
 
 
 def checked_int(what: str, value, minimum: int | None = None) -> int:

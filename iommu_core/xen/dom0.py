@@ -23,9 +23,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..pgtable.format import GRANULE
+from ..units import MIB
 from . import intervals as iv
 
-MIB = 1 << 20
 # Where QEMU's loader puts the kernel it boots (here Xen): 2 MiB into the first RAM bank. The
 # capture's dom0 grant-table frame sits there (find_gnttab_region uses Xen's text).
 XEN_IMAGE_OFFSET = 2 * MIB

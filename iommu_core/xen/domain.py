@@ -15,6 +15,7 @@ import numpy as np
 from ..pgtable import Format
 from ..pgtable.accounting import LINES_PER_TABLE
 from ..pgtable.format import GRANULE
+from ..units import GIB, MIB
 from . import intervals as iv
 from . import invariant
 from .iommu import SharedIommu, UnsharedIommu
@@ -23,8 +24,6 @@ from .p2m_types import CODE
 from .rules import GNTTAB_IOMMU_RULE, POLICY_RULES, policy_rule
 from .toolstack import KERNEL_KIB, RAMDISK_KIB
 
-MIB = 1 << 20
-GIB = 1 << 30
 # Xen's guest memory map on ARM (xen/include/public/arch-arm.h).
 GUEST_RAM0 = (0x4000_0000 >> 12, (3 * GIB) >> 12)          # (first GFN, pages)
 GUEST_RAM1_GFN = 0x2_0000_0000 >> 12

@@ -16,11 +16,10 @@ import numpy as np
 from ..pgtable import Extents, Format, PageTable
 from ..pgtable.extents import merge_runs
 from ..pgtable.format import GRANULE
+from ..units import GIB, MIB
 from .board import h3
 from .domain import guest_ram_gfns, place
 
-MIB = 1 << 20
-GIB = 1 << 30
 H3_RAM_BANKS = h3().ram_banks
 DOM0_MEM = GIB                               # taken from the first banks before the guest
 

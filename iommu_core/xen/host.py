@@ -22,6 +22,7 @@ import numpy as np
 
 from ..pgtable import Format, PageTable
 from ..pgtable.format import GRANULE
+from ..units import GIB
 from .costs import CostModel
 from .domain import DOM0_FOREIGN_GFN, GUEST_RAM0, POLICIES, Domain, DomainSpec
 from .record import DomainRecord
@@ -33,7 +34,6 @@ from .toolstack import DTB_PAGES, RAMDISK_OFFSET, RING_GRANTS, Dom0Slots, image_
 from .p2m_types import DMA_PERM_BY_CODE
 from .rules import PER_PAGE_FLUSH_VARIANTS, policy_rule
 
-GIB = 1 << 30
 STEP_BATCH_PAGES = (1 << 30) // GRANULE      # RAM is populated in batches of at most 1 GiB
 INVALIDATION_QUEUES = ("per-context", "host")
 # The only record fields that differ between two runs of one seed: wall-clock measurements.

@@ -28,9 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..pgtable.format import ENTRIES, GRANULE
+from ..units import KIB, MIB
 
-KIB = 1 << 10
-MIB = 1 << 20
 # The captured configuration's images (shared/xen-real/console.txt).
 KERNEL_KIB = 32_183
 RAMDISK_KIB = 964
