@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..pgtable.format import GRANULE
-from . import intervals as iv
+from .. import intervals as iv
 
 MIB = 1 << 20
 # Where QEMU's loader puts the kernel it boots (here Xen): 2 MiB into the first RAM bank. The

@@ -15,7 +15,7 @@ import numpy as np
 from ..pgtable import Format
 from ..pgtable.accounting import LINES_PER_TABLE
 from ..pgtable.format import GRANULE
-from . import intervals as iv
+from .. import intervals as iv
 from . import invariant
 from .iommu import SharedIommu, UnsharedIommu
 from .p2m import P2M
