@@ -54,6 +54,18 @@ def normalize(start, count) -> tuple[np.ndarray, np.ndarray]:
     return union(s, s + np.asarray(count, _I64).ravel())
 
 
+def union_in_order(starts, ends) -> tuple[np.ndarray, np.ndarray]:
+    """Overlapping intervals merged into one, touching ones kept apart, in the order of
+    each merged interval's first member in the input (not a set: order is the input's)."""
+    s, e, order = _sorted(starts, ends)
+    if len(s) < 2:
+        return s, e
+    first = _groups(s, e, touching=False)
+    s, e = s[first], np.maximum.reduceat(e, first)
+    by_input = np.argsort(np.minimum.reduceat(order, first), kind="stable")
+    return s[by_input], e[by_input]
+
+
 def intersect(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
     """a and b."""
     (a_s, a_e), (b_s, b_e) = a, b
