@@ -23,11 +23,13 @@ _I64 = np.int64
 
 
 def _sorted(starts, ends) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The non-empty intervals sorted by start (stably), and their indexes in the input."""
+    """The non-empty intervals sorted by start (stably), and the order that sorts them
+    (indexes among the non-empty ones, which keep their input order)."""
     s = np.asarray(starts, _I64).ravel()
     e = np.asarray(ends, _I64).ravel()
-    keep = np.flatnonzero(e > s)
-    order = keep[np.argsort(s[keep], kind="stable")]
+    keep = e > s
+    s, e = s[keep], e[keep]
+    order = np.argsort(s, kind="stable")
     return s[order], e[order], order
 
 
@@ -93,3 +95,30 @@ def subtract(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
 def size(a: tuple) -> int:
     """Number of integers in the set."""
     return int((a[1] - a[0]).sum())
+
+
+def union_size(starts, ends) -> int:
+    """Number of integers in the union of [start, end) intervals in any order: size(union(...))
+    without building the union (arrays)."""
+    if len(starts) == 0:
+        return 0
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], ends[order]
+    if len(s) == 1:
+        return int(e[0] - s[0])
+    reach = np.maximum.accumulate(e)
+    lo = np.maximum(s[1:], reach[:-1])
+    return int(e[0] - s[0] + np.maximum(e[1:] - lo, 0).sum())
+
+
+def union_size_small(intervals: list[tuple[int, int]]) -> int:
+    """union_size for a short list of (start, end) Python ints, where numpy's per-call
+    cost would outweigh the work (the same sweep: each interval counts past the reach so far)."""
+    total, reach = 0, None
+    for lo, hi in sorted(intervals):
+        if reach is not None:
+            lo = max(lo, reach)
+        if hi > lo:
+            total += hi - lo
+            reach = hi
+    return total
