@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from iommu_core.xen import intervals as iv
+from iommu_core import intervals as iv
 from iommu_core.xen.p2m import P2M
 from iommu_core.xen.p2m_types import CODE, DMA_PERM, TYPES
 

@@ -65,7 +65,9 @@ import struct
 from pathlib import Path
 
 import fdt
+import numpy as np
 
+from iommu_core import intervals as iv
 from iommu_core.xen.board import PAGE, Board, DmaMaster, MmioRegion
 
 FDT_MAGIC = b"\xd0\x0d\xfe\xed"
@@ -436,47 +438,16 @@ def _pages(base: int, size: int) -> tuple[int, int]:
     return start, end
 
 
-def _merge(spans: list[tuple[int, int]]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for b, e in sorted(spans):
-        if out and b <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([b, e])
-    return out
+def _in_pages(spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Page-aligned (start, end) byte spans as int64 arrays of first and end pages (exact for
+    any 64-bit address, where bytes might not fit)."""
+    a = np.array([(b // PAGE, e // PAGE) for b, e in spans], np.int64).reshape(-1, 2)
+    return a[:, 0], a[:, 1]
 
 
-def _merge_in_order(spans: list[tuple[int, int]]) -> list[list[int]]:
-    """Merge overlapping spans (touching ones stay apart), keeping the order of first appearance."""
-    out: list[list[int]] = []
-    for b, e in spans:
-        hit = [x for x in out if x[0] < e and b < x[1]]
-        if not hit:
-            out.append([b, e])
-            continue
-        hit[0][:] = [min([b] + [x[0] for x in hit]), max([e] + [x[1] for x in hit])]
-        out = [x for x in out if not any(x is y for y in hit[1:])]
-    return out
-
-
-def _cut(spans: list[list[int]], holes: list[list[int]]) -> list[tuple[int, int]]:
-    """`spans` minus `holes` (both sorted, merged half-open intervals)."""
-    out = []
-    for b, e in spans:
-        pieces = [(b, e)]
-        for hb, he in holes:
-            nxt = []
-            for pb, pe in pieces:
-                if he <= pb or pe <= hb:
-                    nxt.append((pb, pe))
-                    continue
-                if pb < hb:
-                    nxt.append((pb, hb))
-                if he < pe:
-                    nxt.append((he, pe))
-            pieces = nxt
-        out.extend(pieces)
-    return out
+def _in_bytes(pages: tuple) -> list[tuple[int, int]]:
+    """(start, end) byte spans, Python ints, from arrays of first and end pages."""
+    return [(b * PAGE, e * PAGE) for b, e in zip(pages[0].tolist(), pages[1].tolist())]
 
 
 def board_from_devicetree(path, name: str | None = None, contexts: int = 8, reserved: int = 1) -> Board:
@@ -508,15 +479,15 @@ def board_from_devicetree(path, name: str | None = None, contexts: int = 8, rese
         mname = _base_name(node.name)
         if base_names.count(mname) > 1:
             mname = node.name if full_names.count(node.name) == 1 else _path(node)
-        spans = _merge_in_order([_pages(b, s) for b, s in regs if s])
+        spans = _in_bytes(iv.union_in_order(*_in_pages([_pages(b, s) for b, s in regs if s])))
         if not spans:
             raise ValueError(f"{r._where(node)}: DMA master has no non-empty reg region")
         try:
             masters.append(DmaMaster(mname, tuple(MmioRegion(b, e - b) for b, e in spans), ipmmu, main))
         except ValueError as e:
             raise ValueError(f"{r._where(node)}: {e}") from None
-    held = _merge([(rg.base, rg.end) for m in masters for rg in m.regions])
-    other_regions = tuple(MmioRegion(b, e - b) for b, e in _cut(_merge(other), held))
+    held = iv.union(*_in_pages([(rg.base, rg.end) for m in masters for rg in m.regions]))
+    other_regions = tuple(MmioRegion(b, e - b) for b, e in _in_bytes(iv.subtract(iv.union(*_in_pages(other)), held)))
     from .xen_dom0 import boot_modules, cpu_pa_bits, dom0_mmio_calls
 
     banks = sorted(banks)

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 
+from .. import intervals as iv
 from ..units import GIB, KIB, MIB, PAGE
-
 
 
 def checked_int(what: str, value, minimum: int | None = None) -> int:
@@ -218,15 +218,9 @@ class Board:
 
     def all_mmio(self) -> tuple[MmioRegion, ...]:
         """Every MMIO region of the board (masters' and others'), sorted, touching ones merged."""
-        regions = sorted([r for m in self.masters for r in m.regions] + list(self.other_mmio),
-                         key=lambda r: r.base)
-        out: list[list[int]] = []
-        for r in regions:
-            if out and r.base <= out[-1][1]:
-                out[-1][1] = max(out[-1][1], r.end)
-            else:
-                out.append([r.base, r.end])
-        return tuple(MmioRegion(b, e - b) for b, e in out)
+        regions = [r for m in self.masters for r in m.regions] + list(self.other_mmio)
+        mfns = iv.normalize([r.mfn for r in regions], [r.pages for r in regions])
+        return tuple(MmioRegion(s * PAGE, (e - s) * PAGE) for s, e in zip(*(a.tolist() for a in mfns)))
 
 
 def _r(base: int, size: int) -> MmioRegion:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..pgtable.format import GRANULE
+from .. import intervals as iv
 from ..units import MIB
-from . import intervals as iv
 
 # Where QEMU's loader puts the kernel it boots (here Xen): 2 MiB into the first RAM bank. The
 # capture's dom0 grant-table frame sits there (find_gnttab_region uses Xen's text).

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import intervals as iv
 from ..pgtable import Format
 from ..pgtable.accounting import LINES_PER_TABLE
 from ..pgtable.format import GRANULE
 from ..units import GIB, MIB
-from . import intervals as iv
 from . import invariant
 from .iommu import SharedIommu, UnsharedIommu
 from .p2m import P2M

@@ -54,6 +54,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .. import intervals as iv
 from .board import checked_int
 
 PAGE_SHIFT = 12
@@ -69,58 +70,29 @@ class OutOfMemory(ValueError):
     """The host has fewer free pages than a request asks for."""
 
 
-# --- extent-set arithmetic -------------------------------------------------------------------
+# --- extent sets -----------------------------------------------------------------------------
 # An extent set is a pair (start, count) of int64 arrays. "Merged" means sorted, counts > 0,
-# and no two extents touching or overlapping.
+# and no two extents touching or overlapping: iommu_core.intervals' set form, with counts
+# for ends. The algebra is that module's; these only convert.
 
-def _sweep(a_s, a_c, b_s, b_c, op) -> tuple[np.ndarray, np.ndarray]:
-    """The merged extent set of the pages p with op(p in A, p in B), by a boundary sweep.
-
-    A and B may each be unsorted and unmerged; pages covered several times count once.
-    """
-    pts = np.concatenate((a_s, a_s + a_c, b_s, b_s + b_c))
-    if not len(pts):
-        return _EMPTY, _EMPTY
-    na, nb = len(a_s), len(b_s)
-    da = np.concatenate((np.ones(na, _I64), -np.ones(na, _I64), np.zeros(2 * nb, _I64)))
-    db = np.concatenate((np.zeros(2 * na, _I64), np.ones(nb, _I64), -np.ones(nb, _I64)))
-    order = np.argsort(pts)                     # ties need no order: equal points are summed
-    pts = pts[order]
-    first = np.flatnonzero(np.concatenate(([True], pts[1:] != pts[:-1])))
-    ca = np.cumsum(np.add.reduceat(da[order], first))
-    cb = np.cumsum(np.add.reduceat(db[order], first))
-    u = pts[first]
-    sel = op(ca[:-1] > 0, cb[:-1] > 0)          # segment k is [u[k], u[k+1])
-    s, e = u[:-1][sel], u[1:][sel]
-    if not len(s):
-        return _EMPTY, _EMPTY
-    new = np.concatenate(([True], s[1:] != e[:-1]))
-    last = np.concatenate((new[1:], [True]))
-    return s[new], e[last] - s[new]
+def _merge(a):
+    """The merged extent set of the pages of extents in any order (pages covered twice count once)."""
+    s, e = iv.normalize(*a)
+    return s, e - s
 
 
-def _add(a, b):
-    """Union of two extent sets known to be disjoint (one sort of the extents, not of their ends)."""
-    s = np.concatenate((a[0], b[0]))
-    if not len(s):
-        return _EMPTY, _EMPTY
-    c = np.concatenate((a[1], b[1]))
-    order = np.argsort(s)
-    s, c = s[order], c[order]
-    first = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1] + c[:-1])))
-    return s[first], np.add.reduceat(c, first)
+def _union(a, b):
+    return _merge((np.concatenate((a[0], b[0])), np.concatenate((a[1], b[1]))))
 
 
 def _diff(a, b):
-    return _sweep(a[0], a[1], b[0], b[1], lambda x, y: x & ~y)
+    s, e = iv.subtract(iv.normalize(*a), iv.normalize(*b))
+    return s, e - s
 
 
 def _inter(a, b):
-    return _sweep(a[0], a[1], b[0], b[1], np.logical_and)
-
-
-def _merge(a):
-    return _sweep(a[0], a[1], _EMPTY, _EMPTY, np.logical_or)
+    s, e = iv.intersect(iv.normalize(*a), iv.normalize(*b))
+    return s, e - s
 
 
 def _expand(s: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -396,7 +368,7 @@ class MachineMemory:
         # commit
         self._fs, self._fc = F
         self._loose, self._untouched = loose, untouched
-        self._owned[owner] = _add(self._owned.get(owner, (_EMPTY, _EMPTY)), (s, c))
+        self._owned[owner] = _union(self._owned.get(owner, (_EMPTY, _EMPTY)), (s, c))
         self._free -= n
         return s, c
 
@@ -431,7 +403,7 @@ class MachineMemory:
             loose = np.concatenate((self._loose, self._shuffled_pages(us[touched])))
             self._untouched = us[~touched]
             self._loose = loose[~np.isin(loose, _expand(*rb))]
-        self._owned[owner] = _add(self._owned.get(owner, (_EMPTY, _EMPTY)), req)
+        self._owned[owner] = _union(self._owned.get(owner, (_EMPTY, _EMPTY)), req)
         self._free -= int(n.sum())
 
     def free(self, mfn, count, owner: int) -> None:
@@ -455,7 +427,7 @@ class MachineMemory:
             del self._owned[owner]
         rb = _inter(req, self._broken_ext)
         ri = _diff(req, self._broken_ext)
-        self._fs, self._fc = _add((self._fs, self._fc), ri)
+        self._fs, self._fc = _union((self._fs, self._fc), ri)
         if len(rb[0]):
             self._loose = np.concatenate((self._loose, _expand(*rb)))
         self._free += int(n.sum())

@@ -16,7 +16,7 @@ import numpy as np
 from ..pgtable import Extents, Format, PageTable
 from ..pgtable.extents import merge_runs
 from ..pgtable.format import ENTRIES_SHIFT, GRANULE, LAST_LEVEL
-from . import intervals as iv
+from .. import intervals as iv
 from .p2m_stats import LeafEvents, XenStats, leaf_events, leaves_by_level
 from .p2m_types import (
     CODE,
