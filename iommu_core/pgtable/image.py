@@ -38,7 +38,7 @@ def export_image(table, path) -> tuple[Path, Path]:
         "base": pool.base,
         "root": table.root,
         "size": int(image.nbytes),
-        **table.fmt.describe(),
+        **d.walker_params(table.fmt),
         "reclaim": table.reclaim,
     }
     json_path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -33,6 +33,7 @@ from .descriptors import (
     leaf_type,
     oa_mask,
     table_desc_bits,
+    walker_params,
 )
 from .extents import ExtentError, Extents, MappingConflict
 from .format import (
@@ -378,5 +379,5 @@ class ReferencePageTable:
         for page, entries in self.tables.items():
             image[page] = entries
         Path(f"{path}.bin").write_bytes(image.tobytes())
-        manifest = {**self.fmt.describe(), "base": self.base, "root": self.root}
+        manifest = {**walker_params(self.fmt), "base": self.base, "root": self.root}
         Path(f"{path}.json").write_text(json.dumps(manifest, indent=1))
