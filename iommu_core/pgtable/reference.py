@@ -52,6 +52,8 @@ def _is_table(desc: int, level: int) -> bool:
 
 
 class ReferencePageTable:
+    """The reference table; provides ops.TableOps, the operations it shares with PageTable."""
+
     def __init__(self, fmt: Format | str, base: int = 0x8000_0000, reclaim: bool = False):
         fmt = Format.preset(fmt) if isinstance(fmt, str) else fmt
         if not isinstance(fmt, Format):

@@ -51,6 +51,8 @@ _ROW_OFFSETS = np.arange(ENTRIES, dtype=U64)
 class PageTable:
     """An ARM VMSAv8-64 translation table of one `Format`, held in a numpy pool.
 
+    Provides ops.TableOps, the operations it shares with reference.ReferencePageTable.
+
     reclaim: free tables that an unmap leaves empty (Xen keeps them; off by default).
     xen_unmap: unmap as Xen's p2m_set_entry removes: by the order rule (order.py), so a
         block is split down to the order the range allows at its place, and a table
