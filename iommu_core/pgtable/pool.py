@@ -63,6 +63,10 @@ class TablePool:
     def live_pages(self) -> int:
         return self.top - len(self._free)
 
+    @property
+    def table_bytes(self) -> int:
+        return self.live_pages * GRANULE
+
     def phys(self, pages: np.ndarray) -> np.ndarray:
         return np.asarray(pages, dtype=np.uint64) * np.uint64(GRANULE) + np.uint64(self.base)
 
@@ -155,7 +159,7 @@ class TablePool:
             s[f"{key}_by_level"] = {lvl: n for lvl, n in enumerate(per_level) if n}
         s["tables"] = sum(self._live)
         s["tables_by_level"] = {lvl: self._live[lvl] for lvl in self.fmt.levels}
-        s["table_bytes"] = self.live_pages * GRANULE
+        s["table_bytes"] = self.table_bytes
         s["peak_table_bytes"] = self._peak_pages * GRANULE
         return s
 

@@ -88,7 +88,7 @@ class PageTable:
 
     @property
     def table_bytes(self) -> int:
-        return self.pool.live_pages * GRANULE
+        return self.pool.table_bytes
 
     def map(self, iova, pa, npages, perm="rw", memtype="normal", sw=0, leaf="auto", remap=False) -> dict:
         """Map extents; returns this call's accounting. See the module docstring."""
