@@ -3,6 +3,7 @@
 import pytest
 
 from iommu_core import Format
+from iommu_core.pgtable import descriptors as d
 from iommu_core.pgtable.format import PRESETS
 
 # input bits: (stage-1 levels, start level, root entries), (stage-2 start level, root pages)
@@ -33,10 +34,10 @@ def test_presets_describe_the_ipmmu_and_the_p2m():
     assert (ipmmu.stage, ipmmu.ia_bits, ipmmu.oa_bits, ipmmu.coherent_walk, ipmmu.ns_quirk) == (1, 32, 40, False, True)
     assert Format.preset("ipmmu-s1-39").start_level == 1
     p2m = Format.preset("p2m-s2-40")
-    assert (p2m.stage, p2m.start_level, p2m.root_tables, p2m.sl0) == (2, 1, 2, 1)
+    assert (p2m.stage, p2m.start_level, p2m.root_tables, d.vtcr_sl0(p2m)) == (2, 1, 2, 1)
     assert Format.preset("p2m-s2-48").start_level == 0
     assert set(PRESETS) >= {"ipmmu-s1-32", "ipmmu-s1-39", "p2m-s2-40", "p2m-s2-48"}
-    assert ipmmu.mair is not None and p2m.mair is None
+    assert d.mair(ipmmu) is not None and d.mair(p2m) is None and d.vtcr_sl0(ipmmu) is None
 
 
 @pytest.mark.parametrize("kwargs, word", [

@@ -61,6 +61,28 @@ MEMTYPE_NAMES = {v: k for k, v in MEMTYPES.items()}
 MEMTYPE_CODES = tuple(MEMTYPES)           # code -> name, in order
 
 
+# -- register values that go with a format ----------------------------------
+def mair(fmt: Format) -> int | None:
+    """MAIR value the stage-1 AttrIndx values assume (None at stage 2)."""
+    return MAIR if fmt.stage == 1 else None
+
+
+def vtcr_sl0(fmt: Format) -> int | None:
+    """VTCR_EL2.SL0 for stage 2 with a 4 KiB granule (0: level 2, 1: level 1, 2: level 0;
+    None at stage 1)."""
+    return 2 - fmt.start_level if fmt.stage == 2 else None
+
+
+def registers(fmt: Format) -> dict:
+    """The register fields a walker of this format is set up with, by manifest key."""
+    return {"mair": mair(fmt)} if fmt.stage == 1 else {"vtcr_sl0": vtcr_sl0(fmt)}
+
+
+def walker_params(fmt: Format) -> dict:
+    """What a real walker needs: the format's geometry, then its register values."""
+    return {**fmt.describe(), **registers(fmt)}
+
+
 def allowed_perms(fmt: Format) -> tuple[str, ...]:
     # Stage 1 AP bits cannot express write-only or no access with a valid entry.
     return ("r", "rw") if fmt.stage == 1 else ("none", "r", "w", "rw")

@@ -112,25 +112,15 @@ class Format:
     def oa_pages(self) -> int:
         return 1 << (self.oa_bits - GRANULE_SHIFT)
 
-    @property
-    def sl0(self) -> int:
-        """VTCR_EL2.SL0 for stage 2 with a 4 KiB granule (0: level 2, 1: level 1, 2: level 0)."""
-        return 2 - self.start_level
-
-    @property
-    def mair(self) -> int | None:
-        """MAIR value the stage-1 AttrIndx values assume (None at stage 2)."""
-        if self.stage != 1:
-            return None
-        from .descriptors import MAIR
-        return MAIR
-
     def with_leaf_sizes(self, leaf_sizes: tuple[str, ...]) -> "Format":
         return Format(self.name, self.stage, self.ia_bits, self.oa_bits, tuple(leaf_sizes),
                       self.coherent_walk, self.ns_quirk)
 
     def describe(self) -> dict:
-        """The parameters a real walker needs, plus what rebuilds this object."""
+        """The geometry a real walker needs, plus what rebuilds this object.
+
+        The register values that go with it are descriptors.registers(self).
+        """
         d = {
             "format": self.name, "stage": self.stage, "ia_bits": self.ia_bits,
             "oa_bits": self.oa_bits, "granule": GRANULE, "t0sz": self.t0sz,
@@ -138,10 +128,6 @@ class Format:
             "root_entries": self.root_entries, "leaf_sizes": list(self.leaf_sizes),
             "coherent_walk": self.coherent_walk, "ns_quirk": self.ns_quirk,
         }
-        if self.stage == 1:
-            d["mair"] = self.mair
-        else:
-            d["vtcr_sl0"] = self.sl0
         return d
 
     @classmethod

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import descriptors as d
 from .format import ENTRIES, LAST_LEVEL, PRESETS, Format
+from .pool import FREE
 
 MANIFEST_VERSION = 1
 
@@ -37,7 +38,7 @@ def export_image(table, path) -> tuple[Path, Path]:
         "base": pool.base,
         "root": table.root,
         "size": int(image.nbytes),
-        **table.fmt.describe(),
+        **d.walker_params(table.fmt),
         "reclaim": table.reclaim,
     }
     json_path.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -91,20 +92,15 @@ def load_image(cls, path):
     table = cls(fmt, base=base, reclaim=bool(manifest.get("reclaim", False)))
     pool = table.pool
     npages = len(raw) // ENTRIES
-    if npages > len(pool.mem):
-        pool._grow(npages)
-    pool.mem[:npages] = raw.reshape(npages, ENTRIES)
-    pool.top = npages
-    pool.used[:npages] = np.count_nonzero(pool.mem[:npages], axis=1)
-    pool.level[:npages] = -1
-    pool.level[: fmt.root_tables] = fmt.start_level
+    levels = np.full(npages, FREE, np.int8)             # of each page: FREE until a table is found
+    levels[: fmt.root_tables] = fmt.start_level
+    prefixes = np.zeros(npages, np.int64)
 
     # Walk down from the root: each table must be inside the image and reached once.
-    flat = pool.flat
     rows = np.arange(fmt.root_entries, dtype=np.int64)    # flat indexes of the current level's entries
     first_g = np.zeros(1, np.int64)
     for level in fmt.levels:
-        desc = flat[rows]
+        desc = raw[rows]
         kind = desc & np.uint64(d.DESC_TYPE_MASK)
         if level == LAST_LEVEL:
             bad = kind == np.uint64(d.DESC_BLOCK)
@@ -120,17 +116,15 @@ def load_image(cls, path):
         if outside.any():
             raise ValueError(f"{bin_path}: a level-{level} table descriptor points to "
                              f"{int(addr[outside][0]):#x}, outside the image's tables")
-        if len(np.unique(pages)) != len(pages) or (pool.level[pages] != -1).any():
+        if len(np.unique(pages)) != len(pages) or (levels[pages] != FREE).any():
             raise ValueError(f"{bin_path}: a table is reached twice (level {level + 1})")
         g = (rows[tbl] - rows[0]) + first_g[0] if level == fmt.start_level else \
-            pool.prefix[rows[tbl] // ENTRIES] * ENTRIES + rows[tbl] % ENTRIES
-        pool.level[pages] = level + 1
-        pool.prefix[pages] = g
-        table._live[level + 1] = int(len(pages))
+            prefixes[rows[tbl] // ENTRIES] * ENTRIES + rows[tbl] % ENTRIES
+        levels[pages] = level + 1
+        prefixes[pages] = g
         rows = (pages[:, None] * ENTRIES + np.arange(ENTRIES)).reshape(-1)
-    unused = np.flatnonzero(pool.level[:npages] == -1)
-    if (pool.mem[unused] != 0).any():
+    mem = raw.reshape(npages, ENTRIES)
+    if (mem[levels == FREE] != 0).any():
         raise ValueError(f"{bin_path}: a page no table points to holds data")
-    pool._free = unused
-    table._peak_bytes = table.table_bytes
+    pool.restore(mem, levels, prefixes)
     return table

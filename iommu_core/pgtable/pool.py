@@ -4,15 +4,21 @@ Page i lives at physical address base + i * 4 KiB, so descriptors hold real
 addresses and the array is a raw memory image. The root takes the first
 `root_tables` pages (aligned to its size because `base` is). Pages are zero
 whenever they are free, so a new table needs no clearing here.
+
+The pool is the one owner of the table's state: besides the memory it keeps the
+live tables per level, the peak, the running totals of every call and the walk
+cache; other modules read these through its methods.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .format import ENTRIES, GRANULE, GRANULE_SHIFT, Format
+from .accounting import BY_LEVEL, COUNTERS, OpAccount
+from .format import ENTRIES, GRANULE, GRANULE_SHIFT, LAST_LEVEL, Format
 
 FREE = -1
+MAX_INDEX = 1 << 23                  # 2 MiB regions a dense walk cache may span (64 MiB of index)
 
 
 class TablePool:
@@ -41,6 +47,12 @@ class TablePool:
         # allocated, so the index stays right until a table is freed.
         self.index: dict[tuple[int, int], int] = {}
         self.generation = 0                                 # bumped whenever tables come or go
+        self._walk_cache = None                             # (generation, level3_index())
+        self._live = [0] * (LAST_LEVEL + 1)                 # tables per level (the root counts once)
+        self._live[fmt.start_level] = 1
+        self._totals = dict.fromkeys(COUNTERS + ("cache_lines_written",), 0)
+        self._totals_by_level = {k: [0] * (LAST_LEVEL + 1) for k in BY_LEVEL}
+        self._peak_pages = self.live_pages
 
     # Views of `mem` must not be kept across `alloc`: growing may move it.
     @property
@@ -50,6 +62,10 @@ class TablePool:
     @property
     def live_pages(self) -> int:
         return self.top - len(self._free)
+
+    @property
+    def table_bytes(self) -> int:
+        return self.live_pages * GRANULE
 
     def phys(self, pages: np.ndarray) -> np.ndarray:
         return np.asarray(pages, dtype=np.uint64) * np.uint64(GRANULE) + np.uint64(self.base)
@@ -70,12 +86,15 @@ class TablePool:
         self.level[pages] = level
         self.prefix[pages] = prefixes
         self.generation += 1
+        self._live[level] += n
         return pages
 
-    def free(self, pages: np.ndarray) -> None:
+    def free(self, level: int, pages: np.ndarray) -> None:
+        """Free tables, all of `level`."""
         pages = np.asarray(pages, dtype=np.int64)
         if len(pages) == 0:
             return
+        self._live[level] -= len(pages)
         self.mem[pages] = 0
         self.used[pages] = 0
         self.level[pages] = FREE
@@ -97,6 +116,72 @@ class TablePool:
         self.level = np.concatenate((self.level, np.full(cap - len(self.level), FREE, np.int8)))
         self.prefix = np.concatenate((self.prefix, np.zeros(cap - len(self.prefix), np.int64)))
         self.used = np.concatenate((self.used, np.zeros(cap - len(self.used), np.int32)))
+
+    def restore(self, mem: np.ndarray, level: np.ndarray, prefix: np.ndarray) -> None:
+        """Take over a memory image of whole pages (the root first) and the level and
+        prefix of each (FREE: a page no table uses, which must be zero)."""
+        npages = len(mem)
+        if npages > len(self.mem):
+            self._grow(npages)
+        self.mem[:npages] = mem
+        self.top = npages
+        self.used[:npages] = np.count_nonzero(self.mem[:npages], axis=1)
+        self.level[:npages] = level
+        self.prefix[:npages] = prefix
+        self._free = np.flatnonzero(level == FREE)
+        below = level[self.fmt.root_tables:]
+        for lvl in self.fmt.levels[1:]:
+            self._live[lvl] = int(np.count_nonzero(below == lvl))
+        self.index.clear()
+        self.generation += 1
+        self._peak_pages = self.live_pages
+
+    # -- accounting ------------------------------------------------------------
+    def record(self, op: OpAccount) -> dict:
+        """Add one call's counters to the totals (and the peak); return the call's result."""
+        res = op.result()
+        totals = self._totals
+        for key, n in res.items():
+            if n and key in totals:
+                totals[key] += n
+        if res["tables_allocated"] or res["tables_freed"] or res["block_splits"]:
+            for key, per_level in op.by_level.items():
+                total = self._totals_by_level[key]
+                for lvl, n in enumerate(per_level):
+                    total[lvl] += n
+            self._peak_pages = max(self._peak_pages, self.live_pages)
+        return res
+
+    def stats(self) -> dict:
+        """The totals of every call so far, the live tables and the table memory."""
+        s = dict(self._totals)
+        for key, per_level in self._totals_by_level.items():
+            s[f"{key}_by_level"] = {lvl: n for lvl, n in enumerate(per_level) if n}
+        s["tables"] = sum(self._live)
+        s["tables_by_level"] = {lvl: self._live[lvl] for lvl in self.fmt.levels}
+        s["table_bytes"] = self.table_bytes
+        s["peak_table_bytes"] = self._peak_pages * GRANULE
+        return s
+
+    # -- the walk cache --------------------------------------------------------
+    def level3_index(self):
+        """(first 2 MiB region, flat index of each region's level-3 table or -1), or None.
+
+        Like the hardware's walk cache: kept until a table comes or goes.
+        """
+        cached = self._walk_cache
+        if cached is not None and cached[0] == self.generation:
+            return cached[1]
+        index = None
+        if self.fmt.start_level != LAST_LEVEL:
+            prefixes, pages = self.tables_of_level(LAST_LEVEL)
+            if len(prefixes) and prefixes[-1] - prefixes[0] < MAX_INDEX:
+                lo = int(prefixes[0])
+                dense = np.full(int(prefixes[-1]) - lo + 1, -1, np.int64)
+                dense[prefixes - lo] = pages * ENTRIES
+                index = (lo, dense)
+        self._walk_cache = (self.generation, index)
+        return index
 
     def count_pages(self, pages: np.ndarray, delta: np.ndarray) -> None:
         """used[pages[i]] += delta[i], repeats allowed."""

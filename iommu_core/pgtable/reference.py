@@ -33,6 +33,7 @@ from .descriptors import (
     leaf_type,
     oa_mask,
     table_desc_bits,
+    walker_params,
 )
 from .extents import ExtentError, Extents, MappingConflict
 from .format import (
@@ -51,6 +52,8 @@ def _is_table(desc: int, level: int) -> bool:
 
 
 class ReferencePageTable:
+    """The reference table; provides ops.TableOps, the operations it shares with PageTable."""
+
     def __init__(self, fmt: Format | str, base: int = 0x8000_0000, reclaim: bool = False):
         fmt = Format.preset(fmt) if isinstance(fmt, str) else fmt
         if not isinstance(fmt, Format):
@@ -378,5 +381,5 @@ class ReferencePageTable:
         for page, entries in self.tables.items():
             image[page] = entries
         Path(f"{path}.bin").write_bytes(image.tobytes())
-        manifest = {**self.fmt.describe(), "base": self.base, "root": self.root}
+        manifest = {**walker_params(self.fmt), "base": self.base, "root": self.root}
         Path(f"{path}.json").write_text(json.dumps(manifest, indent=1))

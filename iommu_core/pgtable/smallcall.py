@@ -61,7 +61,7 @@ def _plain(pt, iova, pa, npages, perm, memtype, sw) -> bool:
             and isinstance(sw, _INT) and 0 <= sw <= d.SW_MASK and 0 < npages <= MAX_PAGES
             and iova >= 0 and pa >= 0 and not iova % GRANULE and not pa % GRANULE
             and iova // GRANULE + npages <= fmt.ia_pages and pa // GRANULE + npages <= fmt.oa_pages
-            and isinstance(perm, str) and perm in pt._perms and isinstance(memtype, str) and memtype in d.MEMTYPES)
+            and isinstance(perm, str) and perm in pt.perms and isinstance(memtype, str) and memtype in d.MEMTYPES)
 
 
 def _table_page(pt, level: int, t: int, op: OpAccount | None):
@@ -92,8 +92,8 @@ def _table_page(pt, level: int, t: int, op: OpAccount | None):
         return None
     else:
         page = int(pt.pool.alloc(level, np.array([t]))[0])
-        pt._count_alloc(level, 1, op)
-        pt.pool.mem[flat // ENTRIES, flat % ENTRIES] = pt.pool.base + page * GRANULE | int(pt._table_bits)
+        op.level_count("tables_allocated", level, 1)
+        pt.pool.mem[flat // ENTRIES, flat % ENTRIES] = pt.pool.base + page * GRANULE | int(pt.table_bits)
         pt.pool.used[flat // ENTRIES] += 1
         op.line_range(flat // ENTRIES_PER_LINE, flat // ENTRIES_PER_LINE)
         op.counts["descriptors_written"] += 1
@@ -130,7 +130,7 @@ def map_one(pt, iova, pa, npages, perm, memtype, sw, leaf: str) -> dict | None:
                 return None
             work.append((level, t, page, a, b, (g << shift) + out_pg - in_pg))
     op = OpAccount()
-    attrs = pt._attrs(perm, memtype, int(sw))
+    attrs = pt.leaf_attrs(perm, memtype, int(sw))
     for level, t, page, a, b, first_out in work:
         if page is None:
             page = _table_page(pt, level, t, op)
@@ -139,7 +139,7 @@ def map_one(pt, iova, pa, npages, perm, memtype, sw, leaf: str) -> dict | None:
         if b - a == 1:
             row[a] = v0
         else:
-            np.add(np.uint64(v0), pt._leaf_offsets[level][: b - a], out=row[a:b])
+            np.add(np.uint64(v0), pt.leaf_offsets[level][: b - a], out=row[a:b])
         first_line = page * (ENTRIES // ENTRIES_PER_LINE) + a // ENTRIES_PER_LINE
         if level == LAST_LEVEL:     # level-3 tables hold no table descriptors: no line is shared
             op.disjoint_lines((b - 1) // ENTRIES_PER_LINE - a // ENTRIES_PER_LINE + 1)
@@ -148,7 +148,7 @@ def map_one(pt, iova, pa, npages, perm, memtype, sw, leaf: str) -> dict | None:
         op.counts["descriptors_written"] += b - a
         pt.pool.used[page] += b - a
     op.counts["pages_mapped"] = int(npages)
-    return pt._finish(op)
+    return pt.pool.record(op)
 
 
 def unmap_one(pt, iova, npages) -> dict | None:
@@ -184,4 +184,4 @@ def unmap_one(pt, iova, npages) -> dict | None:
         pt.pool.used[page] -= n
         op.counts["descriptors_written"] += n
         op.counts["pages_unmapped"] += n
-    return pt._finish(op)
+    return pt.pool.record(op)

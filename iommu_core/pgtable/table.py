@@ -16,7 +16,7 @@ import numpy as np
 
 from . import decode, smallcall, walk
 from . import descriptors as d
-from .accounting import BY_LEVEL, COUNTERS, LINES_PER_TABLE, OpAccount
+from .accounting import LINES_PER_TABLE, OpAccount
 from .arrays import follow_on, lookup, ragged, unique_sorted
 from .extents import (
     Batch,
@@ -51,6 +51,8 @@ _ROW_OFFSETS = np.arange(ENTRIES, dtype=U64)
 class PageTable:
     """An ARM VMSAv8-64 translation table of one `Format`, held in a numpy pool.
 
+    Provides ops.TableOps, the operations it shares with reference.ReferencePageTable.
+
     reclaim: free tables that an unmap leaves empty (Xen keeps them; off by default).
     xen_unmap: unmap as Xen's p2m_set_entry removes: by the order rule (order.py), so a
         block is split down to the order the range allows at its place, and a table
@@ -67,17 +69,13 @@ class PageTable:
         self.reclaim = bool(reclaim)
         self.xen_unmap = bool(xen_unmap)
         self.pool = TablePool(self.fmt, base)
-        self._table_bits = U64(d.table_desc_bits(self.fmt))
-        self._totals = dict.fromkeys(COUNTERS + ("cache_lines_written",), 0)
-        self._totals_by_level = {k: [0] * (LAST_LEVEL + 1) for k in BY_LEVEL}
-        self._live = [0] * (LAST_LEVEL + 1)
-        self._live[self.fmt.start_level] = 1
-        self._peak_bytes = self.table_bytes
-        # For the single-extent path: attribute bits by (perm, memtype, sw), leaf address steps.
-        self._perms = frozenset(d.allowed_perms(self.fmt))
+        self.table_bits = U64(d.table_desc_bits(self.fmt))     # of every table descriptor
+        # For the single-extent path (smallcall.py): the perms a call may ask for,
+        # attribute bits by (perm, memtype, sw), a leaf's address steps per level.
+        self.perms = frozenset(d.allowed_perms(self.fmt))
         self._attr_cache: dict[tuple, int] = {}
         self._templates: dict = {}
-        self._leaf_offsets = {lvl: _ROW_OFFSETS * U64(level_pages(lvl) * GRANULE) for lvl in self.fmt.levels}
+        self.leaf_offsets = {lvl: _ROW_OFFSETS * U64(level_pages(lvl) * GRANULE) for lvl in self.fmt.levels}
 
     # -- public surface ----------------------------------------------------
     @property
@@ -90,7 +88,7 @@ class PageTable:
 
     @property
     def table_bytes(self) -> int:
-        return self.pool.live_pages * GRANULE
+        return self.pool.table_bytes
 
     def map(self, iova, pa, npages, perm="rw", memtype="normal", sw=0, leaf="auto", remap=False) -> dict:
         """Map extents; returns this call's accounting. See the module docstring."""
@@ -110,7 +108,7 @@ class PageTable:
         for level, ranges in plan.items():
             self._write_leaves(level, ranges, op, remap)
         op.counts["pages_mapped"] = int(batch.npages.sum())
-        return self._finish(op)
+        return self.pool.record(op)
 
     def unmap(self, iova, npages) -> dict:
         """Unmap page ranges, splitting blocks that are only partly inside one."""
@@ -120,7 +118,7 @@ class PageTable:
         batch = unmap_batch(self.fmt, iova, npages)
         op = OpAccount()
         self._unmap(batch.in_page, batch.in_page + batch.npages, op)
-        return self._finish(op)
+        return self.pool.record(op)
 
     def probe(self, addrs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Where each address's walk ends: (level, is a leaf, output address); see walk.probe."""
@@ -156,14 +154,7 @@ class PageTable:
         return decode.leaves(self)
 
     def stats(self) -> dict:
-        s = dict(self._totals)
-        for key, per_level in self._totals_by_level.items():
-            s[f"{key}_by_level"] = {lvl: n for lvl, n in enumerate(per_level) if n}
-        s["tables"] = sum(self._live)
-        s["tables_by_level"] = {lvl: self._live[lvl] for lvl in self.fmt.levels}
-        s["table_bytes"] = self.table_bytes
-        s["peak_table_bytes"] = self._peak_bytes
-        return s
+        return self.pool.stats()
 
     def export(self, path) -> tuple:
         from .image import export_image
@@ -175,28 +166,15 @@ class PageTable:
         return load_image(cls, path)
 
     # -- helpers -----------------------------------------------------------
-    def _attrs(self, perm: str, memtype: str, sw: int) -> int:
+    def leaf_attrs(self, perm: str, memtype: str, sw: int) -> int:
+        """Leaf attribute bits of one (perm, memtype, sw), as a Python int (cached)."""
         key = (perm, memtype, sw)
         if key not in self._attr_cache:
             self._attr_cache[key] = int(d.leaf_attrs(self.fmt, [d.PERMS[perm]], [d.MEMTYPES[memtype]], [sw])[0])
         return self._attr_cache[key]
 
-    def _finish(self, op: OpAccount) -> dict:
-        res = op.result()
-        totals = self._totals
-        for key, n in res.items():
-            if n and key in totals:
-                totals[key] += n
-        if res["tables_allocated"] or res["tables_freed"] or res["block_splits"]:
-            for key, per_level in op.by_level.items():
-                total = self._totals_by_level[key]
-                for lvl, n in enumerate(per_level):
-                    total[lvl] += n
-            self._peak_bytes = max(self._peak_bytes, self.table_bytes)
-        return res
-
     def _table_desc(self, pages: np.ndarray) -> np.ndarray:
-        return self.pool.phys(pages) | self._table_bits
+        return self.pool.phys(pages) | self.table_bits
 
     def _entry_flat(self, level: int, g: np.ndarray, table_ids: np.ndarray, table_pages: np.ndarray) -> np.ndarray:
         """Flat pool index of level-`level` entries `g`; -1 where their table does not exist."""
@@ -245,7 +223,7 @@ class PageTable:
             return np.zeros(len(ids), np.int64)
         if level == LAST_LEVEL and len(ids) > 256:
             # Many level-3 tables: ask the walk cache before walking down to each.
-            index = walk.level3_index(self.pool, self.fmt)
+            index = self.pool.level3_index()
             if index is not None:
                 pos = ids - index[0]
                 if pos[0] >= 0 and pos[-1] < len(index[1]):
@@ -267,7 +245,7 @@ class PageTable:
         missing = ~is_table & ~is_leaf
         if missing.any():
             new = self.pool.alloc(level, ids[missing])
-            self._count_alloc(level, len(new), op)
+            op.level_count("tables_allocated", level, len(new))
             flat_m = flat[missing]
             self.pool.flat[flat_m] = self._table_desc(new)
             self.pool.count(flat_m, 1)
@@ -275,15 +253,11 @@ class PageTable:
             pages[missing] = new
         return pages
 
-    def _count_alloc(self, level: int, n: int, op: OpAccount) -> None:
-        self._live[level] += int(n)
-        op.level_count("tables_allocated", level, n)
-
     def _split(self, level: int, g: np.ndarray, flat: np.ndarray, desc: np.ndarray, op: OpAccount) -> np.ndarray:
         """Replace blocks at `level` by tables of the next level that map the same; return their pages."""
         child = level + 1
         new = self.pool.alloc(child, g)
-        self._count_alloc(child, len(new), op)
+        op.level_count("tables_allocated", child, len(new))
         first = (desc & ~U64(d.DESC_TYPE_MASK)) | U64(d.leaf_type(child))
         step = U64(level_pages(child) * GRANULE)
         for i in range(0, len(new), ROW_CHUNK):
@@ -305,8 +279,7 @@ class PageTable:
         while len(pages):
             rows = self.pool.mem[pages]
             children = rows[(rows & U64(d.DESC_TYPE_MASK)) == U64(d.DESC_TABLE)] if level < LAST_LEVEL else rows[:0]
-            self.pool.free(pages)
-            self._live[level] -= int(len(pages))
+            self.pool.free(level, pages)
             op.level_count("tables_freed", level, len(pages))
             pages = self.pool.page_of(children & U64(d.OA_MASK_48))
             level += 1
@@ -335,8 +308,8 @@ class PageTable:
         owner, off = ragged(length)
         return owner, flat0[owner] + off
 
-    @staticmethod
-    def _cut_lines(flat0: np.ndarray, length: np.ndarray):
+    @classmethod
+    def _cut_lines(cls, flat0: np.ndarray, length: np.ndarray):
         """Cut flat ranges into the whole cache lines inside them and the entries at their edges.
 
         Returns (segment of each line, line numbers, segment of each edge entry,
@@ -351,8 +324,8 @@ class PageTable:
         head_end = np.minimum(end, first * ENTRIES_PER_LINE)
         tail_start = np.maximum(np.minimum(stop * ENTRIES_PER_LINE, end), head_end)
         n = len(flat0)
-        edge_seg, edge_flat = PageTable._ragged_flat(np.concatenate((flat0, tail_start)),
-                                                     np.concatenate((head_end - flat0, end - tail_start)))
+        edge_seg, edge_flat = cls._ragged_flat(np.concatenate((flat0, tail_start)),
+                                               np.concatenate((head_end - flat0, end - tail_start)))
         return line_seg, lines, edge_seg % n if n else edge_seg, edge_flat
 
     # -- map -----------------------------------------------------------------
@@ -641,8 +614,7 @@ class PageTable:
                 continue
             empty = self.pool.used[pages] == 0
             if empty.any():
-                self.pool.free(pages[empty])
-                self._live[level] -= int(empty.sum())
+                self.pool.free(level, pages[empty])
                 op.level_count("tables_freed", level, int(empty.sum()))
                 self.pool.flat[parent_flat[empty]] = 0
                 self.pool.count(parent_flat[empty], -1)

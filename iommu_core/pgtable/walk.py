@@ -1,8 +1,9 @@
 """Translation: the hardware's table walk, for arrays of input addresses.
 
 The walk goes level by level with one gather per level. Like the hardware's
-walk cache, a dense index from each 2 MiB region to its level-3 table (kept
-while no table comes or goes) lets most addresses skip the upper levels.
+walk cache, a dense index from each 2 MiB region to its level-3 table (the
+pool's, kept while no table comes or goes) lets most addresses skip the upper
+levels.
 Addresses are taken in chunks that fit the CPU caches, so the element-wise
 steps between gathers run from cache and a walk costs little more than its
 memory reads.
@@ -27,7 +28,6 @@ from .format import (
 
 U64 = np.uint64
 CHUNK = 1 << 15                      # addresses per step: the step's arrays fit a 512 KiB L2
-MAX_INDEX = 1 << 23                  # 2 MiB regions a dense walk cache may span (64 MiB of index)
 _TYPE_MASK = U64(d.DESC_TYPE_MASK)
 _TABLE = U64(d.DESC_TABLE)
 _PAGE = U64(d.DESC_PAGE)
@@ -66,30 +66,12 @@ class Translation:
         return np.where(self.fault, np.uint8(0), self._fields[2])
 
 
-def level3_index(pool, fmt: Format):
-    """(first region, flat index of each region's level-3 table or -1), or None."""
-    if fmt.start_level == LAST_LEVEL:
-        return None
-    cached = getattr(pool, "_walk_cache", None)
-    if cached is not None and cached[0] == pool.generation:
-        return cached[1]
-    prefixes, pages = pool.tables_of_level(LAST_LEVEL)
-    index = None
-    if len(prefixes) and prefixes[-1] - prefixes[0] < MAX_INDEX:
-        lo = int(prefixes[0])
-        dense = np.full(int(prefixes[-1]) - lo + 1, -1, np.int64)
-        dense[prefixes - lo] = pages * ENTRIES
-        index = (lo, dense)
-    pool._walk_cache = (pool.generation, index)
-    return index
-
-
 def translate(pool, fmt: Format, a: np.ndarray) -> Translation:
     n = len(a)
     pa = np.zeros(n, U64)
     desc = np.zeros(n, U64)
     level = np.full(n, -1, np.int8)
-    index = level3_index(pool, fmt)
+    index = pool.level3_index()
     for i in range(0, n, CHUNK):
         out = (pa[i:i + CHUNK], desc[i:i + CHUNK], level[i:i + CHUNK])
         chunk = a[i:i + CHUNK]

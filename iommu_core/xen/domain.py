@@ -238,7 +238,7 @@ class Domain:
         if self.host.recorder is not None:
             self.host.recorder.action(op, device)
 
-    def _quiet(self):
+    def quiet(self):
         """Updates an assign or deassign makes follow from it: a trace records the action only."""
         rec = self.host.recorder
         return rec.muted() if rec is not None else contextlib.nullcontext()
@@ -408,7 +408,7 @@ class Domain:
     def assign(self, device: str, mmio: tuple[np.ndarray, np.ndarray], ipmmu: int = 0) -> tuple[float, int] | None:
         """Give the domain a device (None if refused): context, IOMMU table as the policy says, MMIO."""
         self._record("assign", device)
-        with self._quiet():
+        with self.quiet():
             return self._assign(device, mmio, ipmmu)
 
     def _assign(self, device, mmio, ipmmu):
@@ -437,7 +437,7 @@ class Domain:
         if device not in self.devices:
             return None
         self._record("deassign", device)
-        with self._quiet():
+        with self.quiet():
             ns, inv = self.update(mmio[0], mmio[0], mmio[1], "invalid")
         ipmmu = self.devices.pop(device)
         # Both real drivers keep the context until the domain goes (rules.py: context_freed_at).
@@ -456,7 +456,7 @@ class Domain:
         mfn = np.asarray(mfn, np.int64)
         if self.host.recorder is not None:
             self.host.recorder.grant_iommu(self.domid, mfn, mapping)
-        with self._quiet():
+        with self.quiet():
             return self._grant_iommu(mfn, mapping)
 
     def _grant_iommu(self, mfn: np.ndarray, mapping: bool) -> tuple[float, int]:

@@ -285,7 +285,7 @@ class Host:
             self.recorder.action("teardown")
         d.final_min_iommu_bytes = self._min_iommu_bytes(d)
         d.final_xen = d.p2m.xen_counters()          # as it ran, before its leaves go
-        with d._quiet():
+        with d.quiet():
             ns, inv = d.relinquish()
         t_ns, t_inv = d.teardown()
         return ns + t_ns, inv + t_inv
