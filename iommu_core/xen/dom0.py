@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..pgtable.format import GRANULE
 from .. import intervals as iv
+from ..pgtable.format import GRANULE
 from ..units import MIB
 
 # Where QEMU's loader puts the kernel it boots (here Xen): 2 MiB into the first RAM bank. The
