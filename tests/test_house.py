@@ -183,3 +183,13 @@ def test_both_tables_provide_the_shared_ops(cls_path):
         # the declared parameters first, same names and defaults; any others optional
         assert [(q.name, q.default) for q in have[: len(want)]] == [(q.name, q.default) for q in want], op
         assert all(q.default is not q.empty for q in have[len(want):]), op
+
+
+def test_the_readme_layout_names_every_module_and_package_of_the_package():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    root = Path(__file__).resolve().parent.parent / "iommu_core"
+    top = sorted(p.name for p in root.iterdir() if (p.suffix == ".py" and p.name != "__init__.py")
+                 or (p.is_dir() and (p / "__init__.py").exists()))
+    missing = [name for name in top if f"iommu_core/{name}" not in layout]
+    assert not missing, f"README's layout does not name {missing}"
