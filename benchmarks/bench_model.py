@@ -114,22 +114,3 @@ class Answers:
         return runs[(policy, api)][0]["sim_pages_per_s_wall"]
 
     track_simulated_pages_per_second.unit = "pages/s"
-
-
-def main() -> None:
-    """Print the server boot's wall time per policy and API, invariant off and on."""
-    import time
-
-    for policy in POLICIES:
-        for api in APIS:
-            secs = []
-            for check in (False, True):
-                start = time.perf_counter()
-                boot(policy, api, "server", check=check, domus=DOMUS)
-                secs.append(time.perf_counter() - start)
-            print(f"{policy:9s} {api:9s} off {secs[0]:5.2f} s  on {secs[1]:5.2f} s  ratio {secs[1] / secs[0]:.2f}",
-                  flush=True)
-
-
-if __name__ == "__main__":
-    main()

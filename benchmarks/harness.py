@@ -1,0 +1,118 @@
+"""The harnesses: each area's figures measured in one process and printed beside their targets.
+
+  python -m benchmarks.harness pgtable   the engine's rates, ratios and small-call times (TARGETS)
+  python -m benchmarks.harness model     the server boot's wall time per policy and API, invariant off and on
+  python -m benchmarks.harness sweep     1 -> 2 workers on a CPU-bound grid, and Ray's share of the default sweep
+
+asv runs the benchmark classes of bench_*.py; these print what a person reads once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from iommu_core.sweep.grid import load_sweep
+from iommu_core.xen.rules import APIS, POLICIES
+
+from .bench_model import DOMUS, boot
+from .common import SCALING_GRID, SMALL_PAGES, measure_figures, sweep_of, timed_run
+
+# Targets: figure key (as `measure_figures` names it) -> (comparison, bound).
+TARGETS = {
+    "floor/map-warm/contiguous": (">=", 0.8),
+    "floor/map-warm/random-extents": (">=", 0.2),
+    "floor/map-warm-auto/random-extents": (">=", 0.2),
+    "floor/translate/contiguous": (">=", 0.5),
+    "floor/translate/random-extents": (">=", 0.5),
+    "reference/map-warm/contiguous": (">=", 200),
+    "reference/map-warm/random-extents": (">=", 200),
+    "reference/unmap/contiguous": (">=", 200),
+    "reference/unmap/random-extents": (">=", 200),
+    "reference/translate/contiguous": (">=", 50),
+    "reference/translate/random-extents": (">=", 50),
+    **{f"small-us/{op}/{n}": ("<=", 20) for op in ("map", "unmap") for n in SMALL_PAGES},
+}
+
+
+def missed_targets(figures: dict[str, float]) -> list[str]:
+    out = []
+    for key, (cmp, bound) in TARGETS.items():
+        value = figures.get(key, float("nan"))
+        if not (value >= bound if cmp == ">=" else value <= bound):
+            out.append(f"{key} = {value:.3g}, target {cmp} {bound}")
+    return out
+
+
+def pgtable(args) -> None:
+    figures = measure_figures()
+    for key, value in figures.items():
+        bound = TARGETS.get(key)
+        print(f"{key:45s} {value:14.4g}" + (f"   target {bound[0]} {bound[1]}" if bound else ""))
+    misses = missed_targets(figures)
+    print("\nmissed targets:" if misses else "\nall targets met", *misses, sep="\n  ")
+
+
+def model(args) -> None:
+    """Print the server boot's wall time per policy and API, invariant off and on."""
+    for policy in POLICIES:
+        for api in APIS:
+            secs = []
+            for check in (False, True):
+                start = time.perf_counter()
+                boot(policy, api, "server", check=check, domus=DOMUS)
+                secs.append(time.perf_counter() - start)
+            print(f"{policy:9s} {api:9s} off {secs[0]:5.2f} s  on {secs[1]:5.2f} s  ratio {secs[1] / secs[0]:.2f}",
+                  flush=True)
+
+
+def scaling(where: Path) -> None:
+    grid = sweep_of(SCALING_GRID, where)
+    walls = {}
+    for workers in (1, 2):
+        runs = [timed_run(grid, workers, where) for _ in range(3)]
+        walls[workers] = statistics.median(r["wall_s"] for r in runs)
+        each = ", ".join(f"{r['wall_s']:.1f}" for r in runs)
+        print(f"scaling grid ({len(grid.cells)} cells), {workers} worker(s): median {walls[workers]:.1f} s "
+              f"({each}), Ray start {statistics.median(r['ray_start_s'] for r in runs):.1f} s", flush=True)
+    print(f"speed-up 1 -> 2 workers: {walls[1] / walls[2]:.2f}x")
+
+
+def overhead(where: Path) -> None:
+    """Ray's share of the default sweep: its start plus whatever of the run the cells do not fill."""
+    shares = []
+    for _ in range(3):
+        run = timed_run(load_sweep(), None, where)
+        total = run["ray_start_s"] + run["wall_s"]
+        shares.append((total - run["cells_wall_s"] / run["workers"]) / total)
+        print(f"default sweep ({run['cells']} cells, {run['workers']} workers): {total:.1f} s in all, Ray start "
+              f"{run['ray_start_s']:.1f} s; cells' own time {run['cells_wall_s']:.1f} s; Ray's share (start and "
+              f"scheduling) {shares[-1]:.1%}", flush=True)
+    print(f"Ray's share of the default sweep: median {statistics.median(shares):.1%} of 3 runs")
+
+
+def sweep(args) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        if args.only != "overhead":
+            scaling(Path(d))
+        if args.only != "scaling":
+            overhead(Path(d))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    areas = parser.add_subparsers(dest="area", required=True)
+    areas.add_parser("pgtable", help="the engine's figures and targets").set_defaults(run=pgtable)
+    areas.add_parser("model", help="the server boot per policy and API").set_defaults(run=model)
+    s = areas.add_parser("sweep", help="worker scaling and Ray's share")
+    s.add_argument("--only", choices=("scaling", "overhead"), help="measure only this (default: both)")
+    s.set_defaults(run=sweep)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
