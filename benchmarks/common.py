@@ -4,7 +4,6 @@ classes report, all measured in one process by `measure_figures`."""
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -19,9 +18,9 @@ try:
 except ImportError:             # commits older than the reference: its benchmarks are skipped
     ReferencePageTable = None
 
-from iommu_core.store.results import MANIFEST_NAME, read_results
+from iommu_core.store.results import read_results
 from iommu_core.sweep.grid import Sweep, load_sweep
-from iommu_core.sweep.runner import run_sweep
+from iommu_core.sweep.runner import Run, run_sweep
 
 from .yardsticks import best_seconds, measure_gather_floor, measure_write_floor
 
@@ -247,7 +246,7 @@ def timed_run(sweep: Sweep, workers: int | None, where: Path) -> dict:
     """The run's manifest (ray_start_s: Ray's start; wall_s: submitting cells to the last result) and
     the summed wall time of its cells, in seconds."""
     run_dir = run_sweep(sweep, where, workers=workers)
-    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
+    manifest = Run(run_dir).manifest
     table = read_results(run_dir)
     cells = {c: w for c, w in zip(table.column("cell").to_pylist(), table.column("cell_wall_s").to_pylist())}
     manifest["cells_wall_s"] = sum(cells.values())

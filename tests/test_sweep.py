@@ -218,3 +218,27 @@ def test_provenance_is_small_and_the_same_size_whatever_the_seed_count(tmp_path)
         assert prov["seed_count"] == n and len(prov["sweep_sha256"]) == 64
         sizes.append(len(json.dumps(prov)))
     assert sizes[1] - sizes[0] <= 4 and sizes[1] < 1024       # 2 -> 10000: four more digits, no list
+
+
+def test_a_run_folder_lives_through_create_begin_parts_and_finish_without_ray(tmp_path):
+    from iommu_core.store.results import placeholder
+    from iommu_core.sweep.runner import Run
+    sweep = load_sweep()
+    run = Run.create(tmp_path)
+    with run:
+        assert run.lock is not None and run.cells_done() == {}
+        manifest, this = run.begin(sweep, {})
+        assert run.manifest["status"] == "running" and run.manifest["attempts"][-1]["attempt"] == this["attempt"]
+        c = sweep.cells[0]
+        row = placeholder({"run_id": run.id, "cell": c.key, "scenario": "h3", "policy": c.policy, "api": c.api,
+                           "format": c.format, "p2m_format": c.p2m_format, "costs": c.costs, "seed": c.seed},
+                          "failed", "x")
+        run.write_part([row], f"part-{this['attempt']}-00000", {})
+        run.finish(manifest, this, "interrupted", None, 1, 1, 0.5, 2)
+    assert run.cells_done() == {c.key: "failed"}
+    m = run.manifest
+    assert (m["status"], m["cells_done"], m["cells_failed"], m["attempts"][-1]["wall_s"]) == ("interrupted", 1, 1, 0.5)
+    assert not list(run.dir.rglob("*.tmp"))
+    with pytest.raises(ValueError, match="no such run"):
+        Run.resume(tmp_path, "nope")
+    assert Run.resume(tmp_path, run.id).dir == run.dir

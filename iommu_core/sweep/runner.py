@@ -448,6 +448,92 @@ def cells_done(run_dir: Path) -> dict[str, str]:
     return out
 
 
+class Run:
+    """A run's folder over its life: made (or resumed), locked while an attempt uses it, each part of
+    rows written whole, and its manifest saying how every attempt went."""
+
+    def __init__(self, run_dir):
+        self.dir = Path(run_dir)
+        self.id = self.dir.name
+        self.lock: RunLock | None = None
+
+    @classmethod
+    def create(cls, results: Path) -> Run:
+        run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+        run_dir = Path(results) / run_id
+        try:
+            run_dir.mkdir(parents=True)
+        except OSError as e:
+            raise ValueError(f"--results {str(results)!r}: cannot make the run folder {run_dir}: {e.strerror}") \
+                from None
+        return cls(run_dir)
+
+    @classmethod
+    def resume(cls, results: Path, run_id: str) -> Run:
+        if not run_id or "/" in run_id or run_id in (".", ".."):
+            raise ValueError(f"--resume {run_id!r}: not a run id (expected a run folder's name under {results})")
+        if not (Path(results) / run_id).is_dir():
+            raise ValueError(f"--resume {run_id!r}: no such run under {results}")
+        return cls(Path(results) / run_id)
+
+    def __enter__(self) -> Run:
+        self.lock = RunLock(self.dir).acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+    @property
+    def manifest(self) -> dict:
+        return read_manifest(self.dir)
+
+    def cells_done(self) -> dict[str, str]:
+        return cells_done(self.dir)
+
+    def begin(self, sweep: Sweep, have: dict[str, str]) -> tuple[dict, dict]:
+        """Record a new attempt in the manifest (kept from earlier attempts); (manifest, this attempt)."""
+        manifest = self.manifest
+        started = _now()
+        # part names of this attempt never clash with a resumed one's
+        this = {"attempt": uuid.uuid4().hex[:6], "pid": os.getpid(), "start": started, "end": None,
+                "status": "running", "cells_run": 0, "cells_failed": 0}
+        definition = ({"name": sweep.name, "file": sweep.file, "sha256": sweep.sha256, "toml": sweep.text}
+                      if sweep.text else manifest.get("sweep_definition"))
+        manifest = {**manifest, "run_id": self.id, "package_version": __version__, "git_commit": _git_commit(),
+                    "host": platform.node(), "sweep": sweep.name, "sweep_file": sweep.file,
+                    "sweep_sha256": sweep.sha256, "seed_count": len({c.seed for c in sweep.cells}),
+                    "start": manifest.get("start", started), "end": None, "status": "running",
+                    "cells": len(sweep.cells), "cells_done": len(have),
+                    "cells_failed": sum(s == "failed" for s in have.values()),
+                    "attempts": [*manifest.get("attempts", []), this], "sweep_definition": definition}
+        if manifest["attempts"][:-1] == [] and "wall_s" in manifest:      # a run from before attempts were kept
+            manifest["attempts"].insert(0, {k: manifest.get(k) for k in ("start", "end", "status", "wall_s",
+                                                                          "ray_start_s", "workers")})
+        write_manifest(self.dir, manifest)
+        return manifest, this
+
+    def write_part(self, rows: list[dict], name: str, provenance: dict) -> None:
+        write_part(self.dir, rows, name, provenance)
+
+    def finish(self, manifest: dict, this: dict, status: str, stop_signal, done: int, failed: int,
+               wall_s: float, parallel: int) -> None:
+        """The end of an attempt, however it ended: no temporary file, the manifest saying how it ended."""
+        for p in self.dir.rglob("*.tmp"):
+            p.unlink(missing_ok=True)
+        now = _now()
+        total = self.cells_done()
+        this.update(end=now, status=status, cells_run=done, cells_failed=failed, wall_s=wall_s,
+                    signal=signal.Signals(stop_signal).name if stop_signal else None)
+        attempts = manifest["attempts"]
+        manifest.update(end=now, status=status, cells_done=len(total),
+                        cells_failed=sum(s == "failed" for s in total.values()),
+                        workers=parallel or manifest.get("workers"), ray_cpus=this.get("ray_cpus"),
+                        ray_nodes=this.get("ray_nodes"),
+                        ray_start_s=sum(a.get("ray_start_s") or 0.0 for a in attempts),
+                        wall_s=sum(a.get("wall_s") or 0.0 for a in attempts))
+        write_manifest(self.dir, manifest)
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
@@ -509,58 +595,25 @@ def run_sweep(sweep: Sweep | None, results: Path, address: str | None = None, wo
     if address:
         _check_address(address)                   # before anything is written
     notes = reap_stale_runs(results)
-    if resume is not None:
-        if not resume or "/" in resume or resume in (".", ".."):
-            raise ValueError(f"--resume {resume!r}: not a run id (expected a run folder's name under {results})")
-        run_dir = results / resume
-        if not run_dir.is_dir():
-            raise ValueError(f"--resume {resume!r}: no such run under {results}")
-        run_id = resume
-    else:
-        run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-        run_dir = results / run_id
-        try:
-            run_dir.mkdir(parents=True)
-        except OSError as e:
-            raise ValueError(f"--results {str(results)!r}: cannot make the run folder {run_dir}: {e.strerror}") \
-                from None
-    lock = RunLock(run_dir).acquire()
-    try:
-        return _locked_sweep(sweep, run_dir, run_id, lock, notes, address, workers, object_store_mb, progress,
-                             resume, max_cells)
-    finally:
-        lock.release()
+    run = Run.resume(results, resume) if resume is not None else Run.create(results)
+    with run:
+        return _locked_sweep(sweep, run, notes, address, workers, object_store_mb, progress, resume, max_cells)
 
 
-def _locked_sweep(sweep, run_dir, run_id, lock, notes, address, workers, object_store_mb, progress, resume,
+def _locked_sweep(sweep, run: Run, notes, address, workers, object_store_mb, progress, resume,
                   max_cells) -> Path:
-    manifest = read_manifest(run_dir) if resume is not None else {}
+    run_dir, run_id, lock = run.dir, run.id, run.lock
     if resume is not None:
-        sweep = _recorded_sweep(run_dir, manifest, sweep, max_cells)
+        sweep = _recorded_sweep(run_dir, run.manifest, sweep, max_cells)
     if lock.cleaned:
         notes.append(f"{run_id}: " + "; ".join(lock.cleaned))
-    have = cells_done(run_dir)
+    have = run.cells_done()
     todo = Sweep(sweep.name, sweep.file, tuple(c for c in sweep.cells if c.key not in have), sweep.costs,
                  sweep.sha256, sweep.text)
     if resume is not None:
         notes.append(f"resuming {resume}: {len(have)} cells have results, {len(todo.cells)} to run")
-    attempt = uuid.uuid4().hex[:6]             # part names of this attempt never clash with a resumed one
-    started = _now()
-    this = {"attempt": attempt, "pid": os.getpid(), "start": started, "end": None, "status": "running",
-            "cells_run": 0, "cells_failed": 0}
-    definition = ({"name": sweep.name, "file": sweep.file, "sha256": sweep.sha256, "toml": sweep.text}
-                  if sweep.text else manifest.get("sweep_definition"))
-    manifest = {**manifest, "run_id": run_id, "package_version": __version__, "git_commit": _git_commit(),
-                "host": platform.node(), "sweep": sweep.name, "sweep_file": sweep.file,
-                "sweep_sha256": sweep.sha256, "seed_count": len({c.seed for c in sweep.cells}),
-                "start": manifest.get("start", started), "end": None, "status": "running",
-                "cells": len(sweep.cells), "cells_done": len(have),
-                "cells_failed": sum(s == "failed" for s in have.values()),
-                "attempts": [*manifest.get("attempts", []), this], "sweep_definition": definition}
-    if manifest["attempts"][:-1] == [] and "wall_s" in manifest:      # a run from before attempts were kept
-        manifest["attempts"].insert(0, {k: manifest.get(k) for k in ("start", "end", "status", "wall_s",
-                                                                      "ray_start_s", "workers")})
-    write_manifest(run_dir, manifest)
+    manifest, this = run.begin(sweep, have)
+    attempt, started = this["attempt"], this["start"]
 
     import ray
 
@@ -596,7 +649,7 @@ def _locked_sweep(sweep, run_dir, run_id, lock, notes, address, workers, object_
                         why = f"{type(rows).__name__}: {str(rows).splitlines()[0] if str(rows) else ''}"
                         rows = [_failed_row(c, run_id, why) for c in cells]
                     with sig.shielded():                   # a part is written whole, or not at all
-                        write_part(run_dir, rows, f"part-{attempt}-{k:05d}", prov)
+                        run.write_part(rows, f"part-{attempt}-{k:05d}", prov)
                     done += len(cells)
                     failed += len({r["cell"] for r in rows if r["status"] == "failed"})
                     bar.update(done, failed, eta.after(rows))
@@ -619,8 +672,12 @@ def _locked_sweep(sweep, run_dir, run_id, lock, notes, address, workers, object_
             raise
         finally:
             with sig.shielded(raise_after=False):
-                _finish(run_dir, manifest, this, status, stop_signal, bar, done, failed, t0, parallel,
-                        len(have), run_id)
+                if bar is not None:
+                    if status == "interrupted":
+                        bar.message(f"interrupted: {len(have) + done} cells have results; iommu-bench sweep "
+                                    f"--resume {run_id} finishes")
+                    bar.close()
+                run.finish(manifest, this, status, stop_signal, done, failed, time.perf_counter() - t0, parallel)
     if status == "interrupted":
         raise SweepStopped(run_dir, stop_signal,
                            f"interrupted by {signal.Signals(stop_signal).name}: {len(have) + done} of "
@@ -657,24 +714,3 @@ def _failed_row(c: Cell, run_id: str, error: str) -> dict:
                         "seed": c.seed}, "failed", error)
 
 
-def _finish(run_dir, manifest, this, status, stop_signal, bar, done, failed, t0, parallel, had, run_id) -> None:
-    """The end of an attempt, however it ended: no temporary file, the manifest saying how it ended."""
-    if bar is not None:
-        if status == "interrupted":
-            bar.message(f"interrupted: {had + done} cells have results; iommu-bench sweep --resume {run_id} "
-                        f"finishes")
-        bar.close()
-    for p in run_dir.rglob("*.tmp"):
-        p.unlink(missing_ok=True)
-    now = _now()
-    total = cells_done(run_dir)
-    this.update(end=now, status=status, cells_run=done, cells_failed=failed, wall_s=time.perf_counter() - t0,
-                signal=signal.Signals(stop_signal).name if stop_signal else None)
-    attempts = manifest["attempts"]
-    manifest.update(end=now, status=status, cells_done=len(total),
-                    cells_failed=sum(s == "failed" for s in total.values()),
-                    workers=parallel or manifest.get("workers"), ray_cpus=this.get("ray_cpus"),
-                    ray_nodes=this.get("ray_nodes"),
-                    ray_start_s=sum(a.get("ray_start_s") or 0.0 for a in attempts),
-                    wall_s=sum(a.get("wall_s") or 0.0 for a in attempts))
-    write_manifest(run_dir, manifest)
