@@ -303,14 +303,7 @@ class MachineMemory:
 
     def alloc(self, npages: int, owner: int) -> tuple[np.ndarray, np.ndarray]:
         """Take `npages` free pages for `owner`: (first mfn, count) arrays of extents, in the order to use them."""
-        if isinstance(npages, bool):
-            raise ValueError(f"npages must be a positive integer, got {npages!r}")
-        try:
-            n = operator.index(npages)
-        except TypeError:
-            raise ValueError(f"npages must be a positive integer, got {npages!r}") from None
-        if n <= 0:
-            raise ValueError(f"npages must be a positive integer, got {n}")
+        n = checked_int("npages", npages, 1)
         owner = _owner(owner)
         if n > self._free:
             raise OutOfMemory(f"cannot allocate {n} pages ({n * 4} KiB) for owner {owner}: "
