@@ -20,7 +20,7 @@ from ..pgtable.descriptors import MEMTYPE_NAMES, PERM_NAMES
 from ..pgtable.format import ENTRIES_SHIFT, GRANULE, LAST_LEVEL
 from .costs import CostModel
 from .p2m import P2M, Change, translation_view
-from .p2m_types import DMA_PERM_BY_CODE, MEMTYPE_BY_CODE
+from .p2m_types import DMA_PERM_BY_CODE, MEMTYPE_BY_CODE, one_or_each
 from .rules import API_RULES, PER_PAGE_FLUSH_VARIANTS, api_rule
 
 APIS = tuple(API_RULES)
@@ -174,8 +174,8 @@ class UnsharedIommu:
         if not keep.any():
             return 0.0
         res = self.pt.map(gfn[keep] * GRANULE, mfn[keep] * GRANULE, n[keep],
-                          perm=[PERM_NAMES[p] for p in perm[keep].tolist()],
-                          memtype=[MEMTYPE_NAMES[m] for m in MEMTYPE_BY_CODE[code[keep]].tolist()],
+                          perm=one_or_each(perm[keep], PERM_NAMES),
+                          memtype=one_or_each(MEMTYPE_BY_CODE[code[keep]], MEMTYPE_NAMES),
                           leaf=self.rule.leaf, remap=True)
         self.counts.pages_mapped += int(n[keep].sum())
         return self._account(res, n[keep], unmap=False)

@@ -24,6 +24,7 @@ from .p2m_types import (
     MEMTYPE_NAME_BY_CODE,
     PERM_NAME_BY_CODE,
     codes,
+    one_or_each,
 )
 
 P2M_BASE = 0x40_0000_0000            # where the model puts P2M table pages (any aligned address works)
@@ -99,11 +100,9 @@ class P2M:
                                                       (gfn[~valid] * GRANULE, nr[~valid]))))
         if valid.any():
             c = code[valid]
-            perm, memtype = PERM_NAME_BY_CODE[c], MEMTYPE_NAME_BY_CODE[c]
+            perm, memtype = one_or_each(c, PERM_NAME_BY_CODE), one_or_each(c, MEMTYPE_NAME_BY_CODE)
             args = _ints(gfn * GRANULE, mfn * GRANULE, nr, c) if one else \
                 (gfn[valid] * GRANULE, mfn[valid] * GRANULE, nr[valid], c)
-            if one:
-                perm, memtype = str(perm[0]), str(memtype[0])
             # Over empty slots only, the engine need not look for live entries to replace.
             stats = _stats_sum(stats, self.pt.map(*args[:3], perm=perm, memtype=memtype, sw=args[3],
                                                   remap=bool(events.old_valid.any())))

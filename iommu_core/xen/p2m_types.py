@@ -39,3 +39,10 @@ MEMTYPE_BY_CODE = np.array([MEMTYPES[MEMTYPE[t]] for t in TYPES] + [0] * (16 - l
 def codes(types, n: int) -> np.ndarray:
     """Type codes of a batch: one name for all, or one per extent. Unknown names are refused."""
     return name_codes("P2M type", types, CODE, TYPES, n)
+
+
+def one_or_each(codes: np.ndarray, names) -> str | list[str]:
+    """The engine's names for per-extent codes: one name when the whole batch shares it (the usual
+    case, and far cheaper for the engine to check than a list), else one per extent."""
+    first = int(codes[0])
+    return str(names[first]) if (codes == first).all() else [str(names[c]) for c in codes.tolist()]
