@@ -122,3 +122,12 @@ def union_size_small(intervals: list[tuple[int, int]]) -> int:
             total += hi - lo
             reach = hi
     return total
+
+
+def pages(start, count) -> np.ndarray:
+    """Every page of the runs [start, start + count), in run order."""
+    count = np.asarray(count, np.int64)
+    total = int(count.sum()) if len(count) else 0
+    if not total:
+        return np.zeros(0, np.int64)
+    return np.repeat(np.asarray(start, np.int64) - (np.cumsum(count) - count), count) + np.arange(total, dtype=np.int64)

@@ -14,12 +14,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "iommu_core"
 
-# (module, attribute) pairs still allowed. Each is in a file another change owns
-# at the moment; move it out of here when that file is next free to edit.
-KNOWN_PRIVATE_ACCESS = {
-    # scenarios/devicetree.py: the parser's raise sites call r._where(node) on the reader.
-    ("iommu_core.scenarios.devicetree", "_where"),
-}
+# (module, attribute) pairs still allowed, each with the reason; none today.
+KNOWN_PRIVATE_ACCESS: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -143,11 +139,8 @@ def test_the_import_graph_has_no_cycle():
 
 
 # Circles closed only by an import inside a function (deferred to break the circle at
-# import time). Each is in a file another change owns at the moment.
-KNOWN_DEFERRED_CYCLES = {
-    # scenarios/devicetree.py imports xen_dom0 inside its parser; xen_dom0 imports devicetree.
-    frozenset({"iommu_core.scenarios.devicetree", "iommu_core.scenarios.xen_dom0"}),
-}
+# import time), each with the reason; none today.
+KNOWN_DEFERRED_CYCLES: set[frozenset[str]] = set()
 
 
 def test_no_circle_hides_behind_an_import_in_a_function():
@@ -193,3 +186,10 @@ def test_the_readme_layout_names_every_module_and_package_of_the_package():
                  or (p.is_dir() and (p / "__init__.py").exists()))
     missing = [name for name in top if f"iommu_core/{name}" not in layout]
     assert not missing, f"README's layout does not name {missing}"
+
+
+def test_no_module_imports_another_modules_private_names():
+    found = [f"{name}: from {node.module or '.'} import {alias.name}"
+             for name, tree in MODULES.items() for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+             for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert not found, found

@@ -70,83 +70,38 @@ import numpy as np
 from iommu_core import intervals as iv
 from iommu_core.xen.board import PAGE, Board, DmaMaster, MmioRegion
 
+from .fdtnodes import (
+    DEFAULT_ADDRESS_CELLS,
+    DEFAULT_SIZE_CELLS,
+    cell_count,
+    is_available,
+    join_cells,
+    node_path,
+    prop_cells,
+    prop_strings,
+)
+from .xen_dom0 import boot_modules, cpu_pa_bits, dom0_mmio_calls
+
 FDT_MAGIC = b"\xd0\x0d\xfe\xed"
-DEFAULT_ADDRESS_CELLS = 2
-DEFAULT_SIZE_CELLS = 1
 
 __all__ = ["board_from_devicetree", "board_to_dts"]
-
-
-# --- small helpers on fdt nodes ------------------------------------------------------------
-
-def _path(node) -> str:
-    if node.parent is None:
-        return "/"
-    parent = node.path
-    return (parent.rstrip("/") + "/" + node.name) if parent != "/" else "/" + node.name
-
-
-def _raw(prop) -> bytes:
-    """A property's value as the bytes a blob holds, whatever class fdt chose for it."""
-    if prop is None:
-        return b""
-    if isinstance(prop, fdt.PropWords):
-        return b"".join(struct.pack(">I", w) for w in prop.data)
-    if isinstance(prop, fdt.PropBytes):
-        return bytes(prop.data)
-    if isinstance(prop, fdt.PropStrings):
-        return b"".join(s.encode("ascii") + b"\0" for s in prop.data)
-    return b""
-
-
-def _strings(node, name: str) -> list[str]:
-    raw = _raw(node.get_property(name))
-    return [s.decode("ascii", "replace") for s in raw.split(b"\0") if s]
-
-
-def _cells(node, name: str, where: str) -> list[int]:
-    raw = _raw(node.get_property(name))
-    if len(raw) % 4:
-        raise ValueError(f"{where}: {name} is {len(raw)} bytes, not a whole number of 32-bit cells")
-    return [w for (w,) in struct.iter_unpack(">I", raw)]
-
-
-def _cell_count(node, name: str, default: int, where: str) -> int:
-    if node.get_property(name) is None:
-        return default
-    cells = _cells(node, name, where)
-    if len(cells) != 1:
-        raise ValueError(f"{where}: {name} must be one cell, got {len(cells)}")
-    return cells[0]
-
-
-def _join(cells: list[int]) -> int:
-    v = 0
-    for c in cells:
-        v = (v << 32) | c
-    return v
 
 
 def _base_name(name: str) -> str:
     return name.split("@", 1)[0]
 
 
-def _available(node) -> bool:
-    status = _strings(node, "status")
-    return not status or status[0] in ("okay", "ok")
-
-
 def _is_memory(node) -> bool:
-    return "memory" in _strings(node, "device_type") or _base_name(node.name) == "memory"
+    return "memory" in prop_strings(node, "device_type") or _base_name(node.name) == "memory"
 
 
 def _is_iommu(node) -> bool:
-    return (any("ipmmu" in c for c in _strings(node, "compatible"))
+    return (any("ipmmu" in c for c in prop_strings(node, "compatible"))
             or node.name.startswith(("iommu", "ipmmu")))
 
 
 def _is_bus(node) -> bool:
-    return "simple-bus" in _strings(node, "compatible")
+    return "simple-bus" in prop_strings(node, "compatible")
 
 
 def _all_nodes(root):
@@ -320,34 +275,34 @@ class _Reader:
         symbols: dict[str, str] = {}
         for node in _all_nodes(self.root):
             for prop in ("phandle", "linux,phandle"):
-                cells = _cells(node, prop, self._where(node)) if node.get_property(prop) is not None else []
+                cells = prop_cells(node, prop, self.where(node)) if node.get_property(prop) is not None else []
                 if len(cells) == 1:
                     self.by_phandle.setdefault(cells[0], node)
             if node.name == "__symbols__" and node.parent is self.root:
                 for prop in node.props:
-                    value = _strings(node, prop.name)
+                    value = prop_strings(node, prop.name)
                     if value:
                         symbols.setdefault(value[0], prop.name)
         self.symbols = symbols
         self.mains = [n for n in _all_nodes(self.root)
-                      if _is_iommu(n) and _available(n) and n.get_property("renesas,ipmmu-main") is None]
+                      if _is_iommu(n) and is_available(n) and n.get_property("renesas,ipmmu-main") is None]
 
-    def _where(self, node) -> str:
-        return f"{self.file}: node {_path(node)}"
+    def where(self, node) -> str:
+        return f"{self.file}: node {node_path(node)}"
 
     # addresses
 
     def _reg(self, node, ac: int, sc: int, windows) -> list[tuple[int, int]]:
-        where = self._where(node)
-        cells = _cells(node, "reg", where)
+        where = self.where(node)
+        cells = prop_cells(node, "reg", where)
         step = ac + sc
         if step == 0 or len(cells) % step:
             raise ValueError(f"{where}: reg has {len(cells)} cells, not a multiple of "
                              f"#address-cells + #size-cells = {ac} + {sc}")
         out = []
         for i in range(0, len(cells), step):
-            base = _join(cells[i:i + ac])
-            size = _join(cells[i + ac:i + step])
+            base = join_cells(cells[i:i + ac])
+            size = join_cells(cells[i + ac:i + step])
             out.append((self._translate(base, size, windows, where), size))
         return out
 
@@ -362,10 +317,10 @@ class _Reader:
 
     def _windows(self, bus, ac: int, sc: int, parent_ac: int, parent_windows):
         """The bus's ranges as (child, parent-bus address, size) triples, None for identity."""
-        where = self._where(bus)
+        where = self.where(bus)
         if bus.get_property("ranges") is None:
             return parent_windows
-        cells = _cells(bus, "ranges", where)
+        cells = prop_cells(bus, "ranges", where)
         if not cells:
             return parent_windows
         step = ac + parent_ac + sc
@@ -374,9 +329,9 @@ class _Reader:
                              f"child + parent address cells + size cells = {ac} + {parent_ac} + {sc}")
         out = []
         for i in range(0, len(cells), step):
-            child = _join(cells[i:i + ac])
-            parent = _join(cells[i + ac:i + ac + parent_ac])
-            size = _join(cells[i + ac + parent_ac:i + step])
+            child = join_cells(cells[i:i + ac])
+            parent = join_cells(cells[i + ac:i + ac + parent_ac])
+            size = join_cells(cells[i + ac + parent_ac:i + step])
             out.append((child, self._translate(parent, size, parent_windows, where), size))
         if all(c == p for c, p, _ in out) and parent_windows is None:
             return None
@@ -385,13 +340,13 @@ class _Reader:
     def walk(self):
         """Yield (node, [(base, size), ...]) for every available node with reg on the root or a simple-bus."""
         def visit(bus, windows, bus_ac):
-            where = self._where(bus)
-            ac = _cell_count(bus, "#address-cells", DEFAULT_ADDRESS_CELLS, where)
-            sc = _cell_count(bus, "#size-cells", DEFAULT_SIZE_CELLS, where)
+            where = self.where(bus)
+            ac = cell_count(bus, "#address-cells", DEFAULT_ADDRESS_CELLS, where)
+            sc = cell_count(bus, "#size-cells", DEFAULT_SIZE_CELLS, where)
             if bus is not self.root:
                 windows = self._windows(bus, ac, sc, bus_ac, windows)
             for child in bus.nodes:
-                if not _available(child):
+                if not is_available(child):
                     continue
                 if child.get_property("reg") is not None:
                     yield child, self._reg(child, ac, sc, windows)
@@ -402,17 +357,17 @@ class _Reader:
     # IOMMUs
 
     def iommu_of(self, node) -> tuple[str, int]:
-        where = self._where(node)
+        where = self.where(node)
         if node.get_property("iommus") is not None:
-            cells = _cells(node, "iommus", where)
+            cells = prop_cells(node, "iommus", where)
             phandle = cells[0] if cells else None
         else:
-            cells = _cells(node, "iommu-map", where)
+            cells = prop_cells(node, "iommu-map", where)
             phandle = cells[1] if len(cells) > 1 else None
         target = self.by_phandle.get(phandle)
         if target is None:
             return "unknown", 0
-        label = target.label or self.symbols.get(_path(target)) or _base_name(target.name)
+        label = target.label or self.symbols.get(node_path(target)) or _base_name(target.name)
         for prefix in ("ipmmu_", "ipmmu-"):
             if label.startswith(prefix) and len(label) > len(prefix):
                 label = label[len(prefix):]
@@ -425,7 +380,7 @@ class _Reader:
         if id(iommu) in ids:
             return ids.index(id(iommu))
         if iommu.get_property("renesas,ipmmu-main") is not None:
-            cells = _cells(iommu, "renesas,ipmmu-main", self._where(iommu))
+            cells = prop_cells(iommu, "renesas,ipmmu-main", self.where(iommu))
             main = self.by_phandle.get(cells[0]) if cells else None
             if id(main) in ids:
                 return ids.index(id(main))
@@ -478,17 +433,16 @@ def board_from_devicetree(path, name: str | None = None, contexts: int = 8, rese
     for node, regs, ipmmu, main in found:
         mname = _base_name(node.name)
         if base_names.count(mname) > 1:
-            mname = node.name if full_names.count(node.name) == 1 else _path(node)
+            mname = node.name if full_names.count(node.name) == 1 else node_path(node)
         spans = _in_bytes(iv.union_in_order(*_in_pages([_pages(b, s) for b, s in regs if s])))
         if not spans:
-            raise ValueError(f"{r._where(node)}: DMA master has no non-empty reg region")
+            raise ValueError(f"{r.where(node)}: DMA master has no non-empty reg region")
         try:
             masters.append(DmaMaster(mname, tuple(MmioRegion(b, e - b) for b, e in spans), ipmmu, main))
         except ValueError as e:
-            raise ValueError(f"{r._where(node)}: {e}") from None
+            raise ValueError(f"{r.where(node)}: {e}") from None
     held = iv.union(*_in_pages([(rg.base, rg.end) for m in masters for rg in m.regions]))
     other_regions = tuple(MmioRegion(b, e - b) for b, e in _in_bytes(iv.subtract(iv.union(*_in_pages(other)), held)))
-    from .xen_dom0 import boot_modules, cpu_pa_bits, dom0_mmio_calls
 
     banks = sorted(banks)
     try:

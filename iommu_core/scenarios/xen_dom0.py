@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from ..units import MIB, PAGE
 from ..xen.geometry import CPU_PA_BITS
-from .devicetree import (
+from .fdtnodes import (
     DEFAULT_ADDRESS_CELLS,
     DEFAULT_SIZE_CELLS,
-    _available,
-    _cell_count,
-    _cells,
-    _join,
-    _path,
-    _strings,
+    cell_count,
+    is_available,
+    join_cells,
+    node_path,
+    prop_cells,
+    prop_strings,
 )
 
 SKIP_COMPATIBLE = ("xen,xen", "xen,multiboot-module", "multiboot,module", "arm,psci", "arm,psci-0.2",
@@ -42,23 +42,23 @@ def _stdout_path(root) -> str:
     chosen = next((n for n in root.nodes if n.name == "chosen"), None)
     if chosen is None:
         return ""
-    path = (_strings(chosen, "stdout-path") or [""])[0].split(":")[0]
+    path = (prop_strings(chosen, "stdout-path") or [""])[0].split(":")[0]
     return path
 
 
 def _skipped(node, console: str) -> bool:
-    compat = _strings(node, "compatible")
-    return (any(c in SKIP_COMPATIBLE for c in compat) or _path(node) == "/cpus"
-            or "memory" in _strings(node, "device_type") or not _available(node)
+    compat = prop_strings(node, "compatible")
+    return (any(c in SKIP_COMPATIBLE for c in compat) or node_path(node) == "/cpus"
+            or "memory" in prop_strings(node, "device_type") or not is_available(node)
             or node.get_property("interrupt-controller") is not None and any(c in GIC_COMPATIBLE for c in compat)
-            or _path(node) == console or node.get_property("#iommu-cells") is not None
+            or node_path(node) == console or node.get_property("#iommu-cells") is not None
             or _uses_ppi(node))
 
 
 def _uses_ppi(node) -> bool:
     if node.get_property("interrupts") is None:
         return False
-    cells = _cells(node, "interrupts", _path(node))
+    cells = prop_cells(node, "interrupts", node_path(node))
     return len(cells) % 3 == 0 and any(cells[i] == PPI for i in range(0, len(cells), 3))
 
 
@@ -72,21 +72,21 @@ def dom0_mmio_calls(root) -> list[tuple[int, int]]:
             calls.append((base // PAGE, -(-size // PAGE)))
 
     def visit(node, ac: int, sc: int) -> None:
-        where = _path(node)
+        where = node_path(node)
         if node.parent is not None:
             if _skipped(node, console):
                 return
             if node.get_property("reg") is not None:
-                cells = _cells(node, "reg", where)
+                cells = prop_cells(node, "reg", where)
                 for i in range(0, len(cells) - ac - sc + 1, ac + sc):
-                    add(_join(cells[i:i + ac]), _join(cells[i + ac:i + ac + sc]))
-        own_ac = _cell_count(node, "#address-cells", DEFAULT_ADDRESS_CELLS, where)
-        own_sc = _cell_count(node, "#size-cells", DEFAULT_SIZE_CELLS, where)
-        if "pci" in _strings(node, "device_type") and node.get_property("ranges") is not None:
-            cells = _cells(node, "ranges", where)
+                    add(join_cells(cells[i:i + ac]), join_cells(cells[i + ac:i + ac + sc]))
+        own_ac = cell_count(node, "#address-cells", DEFAULT_ADDRESS_CELLS, where)
+        own_sc = cell_count(node, "#size-cells", DEFAULT_SIZE_CELLS, where)
+        if "pci" in prop_strings(node, "device_type") and node.get_property("ranges") is not None:
+            cells = prop_cells(node, "ranges", where)
             step = own_ac + ac + own_sc              # child (3 cells), parent address, size
             for i in range(0, len(cells) - step + 1, step):
-                add(_join(cells[i + own_ac:i + own_ac + ac]), _join(cells[i + own_ac + ac:i + step]))
+                add(join_cells(cells[i + own_ac:i + own_ac + ac]), join_cells(cells[i + own_ac + ac:i + step]))
         for child in node.nodes:
             visit(child, own_ac, own_sc)
 
@@ -97,7 +97,7 @@ def dom0_mmio_calls(root) -> list[tuple[int, int]]:
 def cpu_pa_bits(root) -> int | None:
     cpus = next((n for n in root.nodes if n.name == "cpus"), None)
     for cpu in (cpus.nodes if cpus is not None else []):
-        for c in _strings(cpu, "compatible"):
+        for c in prop_strings(cpu, "compatible"):
             if c in CPU_PA_BITS:
                 return CPU_PA_BITS[c]
     return None
@@ -108,13 +108,13 @@ def boot_modules(root) -> list[tuple[int, int]]:
     out = []
     chosen = next((n for n in root.nodes if n.name == "chosen"), None)
     for mod in (chosen.nodes if chosen is not None else []):
-        if "multiboot,module" in _strings(mod, "compatible") and mod.get_property("reg") is not None:
+        if "multiboot,module" in prop_strings(mod, "compatible") and mod.get_property("reg") is not None:
             # Cells come from the nearest node that says them (dt_n_addr_cells): /chosen, else /.
-            ac = _cell_count(chosen, "#address-cells",
-                             _cell_count(root, "#address-cells", DEFAULT_ADDRESS_CELLS, "/"), _path(chosen))
-            sc = _cell_count(chosen, "#size-cells",
-                             _cell_count(root, "#size-cells", DEFAULT_SIZE_CELLS, "/"), _path(chosen))
-            cells = _cells(mod, "reg", _path(mod))
+            ac = cell_count(chosen, "#address-cells",
+                             cell_count(root, "#address-cells", DEFAULT_ADDRESS_CELLS, "/"), node_path(chosen))
+            sc = cell_count(chosen, "#size-cells",
+                             cell_count(root, "#size-cells", DEFAULT_SIZE_CELLS, "/"), node_path(chosen))
+            cells = prop_cells(mod, "reg", node_path(mod))
             if len(cells) >= ac + sc:
-                out.append((_join(cells[:ac]), _join(cells[ac:ac + sc])))
+                out.append((join_cells(cells[:ac]), join_cells(cells[ac:ac + sc])))
     return out

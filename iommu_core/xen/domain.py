@@ -114,15 +114,6 @@ def tlb_flushes(change, one_lock: bool = False) -> int:
 BALLOON_RULE = "order-0"
 
 
-def _pages(start: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Every page of the runs [start, start + count), in order."""
-    count = np.asarray(count, np.int64)
-    if not len(count):
-        return np.zeros(0, np.int64)
-    first = np.repeat(np.asarray(start, np.int64) - np.concatenate(([0], np.cumsum(count)[:-1])), count)
-    return first + np.arange(int(count.sum()), dtype=np.int64)
-
-
 def p2m_cleans(change) -> int:
     """P2M cache cleans of one batch when clean_pte is on (rules.py, the clean rule): every entry
     write is cleaned (p2m_write_pte, xen-project/xen:xen/arch/arm/p2m.c @ RELEASE-4.17.0:789):
@@ -343,7 +334,7 @@ class Domain:
         self.ram = tuple(np.concatenate((a, b)) for a, b in zip(self.ram, (gfn, mfn, nr)))
         self.counts.p2m_pages_mapped += npages
         if order0:
-            g, m = _pages(gfn, nr), _pages(mfn, nr)
+            g, m = iv.pages(gfn, nr), iv.pages(mfn, nr)
             return self.update(g, m, np.ones(len(g), np.int64), "ram_rw")
         return self.update(*libxc_extents(gfn, mfn, nr), "ram_rw")
 
@@ -509,7 +500,7 @@ class Domain:
         g = gfn + nr - take
         m = mfn + nr - take
         sel = take > 0
-        pages = _pages(g[sel], take[sel])
+        pages = iv.pages(g[sel], take[sel])
         ns, inv = self.update(pages, 0, np.ones(len(pages), np.int64), "invalid")
         if self.host.memory is not None:              # None when replaying a trace
             self.host.memory.free(m[sel], take[sel], self.domid)

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..pgtable import Format, PageTable
+from .. import intervals as iv
 from ..pgtable.format import GRANULE
 from ..units import GIB
 from .costs import CostModel
 from .domain import DOM0_FOREIGN_GFN, GUEST_RAM0, POLICIES, Domain, DomainSpec
 from .record import DomainRecord
-from .domain import _pages as _pages_of
 from .iommu import APIS, SHARED_MAX_IPA_BITS, Contexts, NotApplicable
 from .dom0 import DOM0_SHARED_INFO_PAGE, DOMID_XEN, allocate_memory_11, xen_held, xen_image
 from .memory import MachineMemory
@@ -214,7 +214,7 @@ class Host:
         k = int(np.searchsorted(ends, d.spec.grant_pages)) + 1
         cnt = nr[:k].copy()
         cnt[-1] -= int(ends[k - 1]) - d.spec.grant_pages
-        mfns = _pages_of(mfn[:k], cnt)
+        mfns = iv.pages(mfn[:k], cnt)
         slots = self._slots(dom0)
         at = slots.take(len(mfns))
         one = np.ones(len(at), np.int64)

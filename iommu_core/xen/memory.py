@@ -95,15 +95,6 @@ def _inter(a, b):
     return s, e - s
 
 
-def _expand(s: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Every page of the extents, in extent order."""
-    total = int(c.sum()) if len(c) else 0
-    if not total:
-        return _EMPTY
-    offs = np.cumsum(c) - c
-    return np.repeat(s - offs, c) + np.arange(total, dtype=_I64)
-
-
 def _blocks(s: np.ndarray, c: np.ndarray, size: int, k: int) -> np.ndarray:
     """First MFNs of the first `k` whole `size`-aligned blocks inside the extents, in extent order."""
     if k <= 0 or not len(s):
@@ -378,7 +369,7 @@ class MachineMemory:
         # broken pages are free if in an untouched chunk or in the loose pool
         ub = (self._untouched, np.full(len(self._untouched), CHUNK_2M, _I64))
         if not len(bad[0]) and len(rb[0]):
-            rest = _expand(*_diff(rb, ub))
+            rest = iv.pages(*_diff(rb, ub))
             missing = rest[~np.isin(rest, self._loose)] if len(rest) else rest
             if len(missing):
                 bad = (missing[:1], np.ones(1, _I64))
@@ -395,7 +386,7 @@ class MachineMemory:
             touched = (j >= 0) & ((req[0] + req[1])[np.maximum(j, 0)] > us)
             loose = np.concatenate((self._loose, self._shuffled_pages(us[touched])))
             self._untouched = us[~touched]
-            self._loose = loose[~np.isin(loose, _expand(*rb))]
+            self._loose = loose[~np.isin(loose, iv.pages(*rb))]
         self._owned[owner] = _union(self._owned.get(owner, (_EMPTY, _EMPTY)), req)
         self._free -= int(n.sum())
 
@@ -422,7 +413,7 @@ class MachineMemory:
         ri = _diff(req, self._broken_ext)
         self._fs, self._fc = _union((self._fs, self._fc), ri)
         if len(rb[0]):
-            self._loose = np.concatenate((self._loose, _expand(*rb)))
+            self._loose = np.concatenate((self._loose, iv.pages(*rb)))
         self._free += int(n.sum())
 
     # --- internals -------------------------------------------------------------------------
