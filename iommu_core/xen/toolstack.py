@@ -64,19 +64,35 @@ class Dom0Slots:
         blocks = np.array([b for b in blocks if b != avoid_block], np.int64)
         self.pages = (blocks[:, None] + np.arange(per_block)).ravel() if len(blocks) else blocks
         self.taken = np.zeros(len(self.pages), bool)
+        self.first_free = 0                       # every slot before it is taken
+        self._order = np.argsort(self.pages, kind="stable")     # slots by page, to find given-back pages
+        self._sorted = self.pages[self._order]
 
     def take(self, n: int) -> np.ndarray:
         if self.unpopulated:
             out = self.next_free + np.arange(n, dtype=np.int64)
             self.next_free += n
             return out
-        free = np.flatnonzero(~self.taken)[:n]
+        # The first n free slots in slot order, looked for from first_free in growing windows (a
+        # whole-array scan per call dominated dom0's builds).
+        free, at, window = np.zeros(0, np.int64), self.first_free, max(4 * n, 4096)
+        while len(free) < n and at < len(self.taken):
+            free = np.concatenate((free, at + np.flatnonzero(~self.taken[at:at + window])))
+            at, window = at + window, 2 * window
+        free = free[:n]
         if len(free) < n:
             raise ValueError(f"dom0's balloon has {len(free)} pages left for {n} foreign mappings: give dom0 "
                              f"more memory, or a kernel with unpopulated-alloc")
         self.taken[free] = True
+        if n:
+            self.first_free = int(free[-1]) + 1   # every free slot up to there was taken now
         return self.pages[free]
 
     def give_back(self, gfns: np.ndarray) -> None:
-        if not self.unpopulated:
-            self.taken[np.isin(self.pages, gfns)] = False
+        if self.unpopulated or not len(gfns) or not len(self.pages):
+            return
+        k = np.minimum(np.searchsorted(self._sorted, gfns), len(self._sorted) - 1)
+        slots = self._order[k[self._sorted[k] == gfns]]
+        self.taken[slots] = False
+        if len(slots):
+            self.first_free = min(self.first_free, int(slots.min()))
