@@ -28,15 +28,9 @@ UNSHARED = tuple(name for name, rule in POLICY_RULES.items() if not rule.shared)
 
 
 def refusing(groups: dict[tuple, dict[str, Stat]], where: dict) -> dict[str, float]:
-    """The policies under which domain creations were refused there, and how many per host (the most
-    over APIs: the context rule does not depend on the API)."""
-    out: dict[str, float] = {}
-    for key, figs in groups.items():
-        k = dict(zip(HOST_KEYS, key))
-        stat = figs.get("create_refused_context")
-        if stat is not None and stat.mean > 0 and all(k[n] == v for n, v in where.items()):
-            out[k["policy"]] = max(out.get(k["policy"], 0.0), stat.mean)
-    return out
+    """The policies under which domain creations were refused there, and how many per host (the
+    context rule does not depend on the API, so any API's count is the policy's)."""
+    return {p: v for p, (_, v) in best_per_policy(groups, where, "create_refused_context").items() if v > 0}
 
 
 def best_per_policy(groups: dict[tuple, dict[str, Stat]], where: dict, figure: str) -> dict[str, tuple[str, float]]:

@@ -132,8 +132,8 @@ def fleet(groups: dict[tuple, dict[str, Stat]], path: Path) -> Path:
         axes[1][col].set_title("")
         for ax in (axes[0][col], axes[1][col]):
             ax.set_ylim(bottom=0)
-    return _save(fig, path, "Fleet limits: IPMMU contexts (refused creations and assignments) and the IOVA space (unreachable GFNs)",
-                 axes[0][0])
+    return _save(fig, path, "Fleet limits: IPMMU contexts (refused creations and assignments) and the IOVA "
+                 "space (unreachable GFNs)", axes[0][0])
 
 
 def scaling(worker_rows: list[dict], wall_s: float | None, path: Path) -> Path:

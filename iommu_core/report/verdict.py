@@ -15,7 +15,7 @@ from collections import Counter
 
 from ..store.results import read_results, run_directory
 from .figures import API_ORDER, HOST_KEYS, POLICY_ORDER, Stat, by_host_key, first_costs, hosts
-from ..xen.rules import DESIGN, API_RULES, POLICY_RULES
+from ..xen.rules import API_RULES, POLICY_RULES
 from .findings import UNSHARED, best_per_policy, refusing
 
 FIGURES = ("iommu_mib", "iommu_pct_ram", "boot_mean_ms", "assign_max_ms", "invalidations", "ram_bytes",
@@ -101,8 +101,8 @@ def _pick(run: _Run) -> tuple[str, int, int]:
             for rank, p in enumerate(sorted(ranking, key=ranking.get)):
                 wins[p] += format(ranking[p], spec) == low
                 rank_sum[p] += rank
-            for p in best:
-                rank_sum[p] += len(best) if p in out_of else 0
+            for p in out_of.keys() & best.keys():          # the refusing ones rank last
+                rank_sum[p] += len(best)
     candidates = [p for p in run.policies() if p in UNSHARED]
     policy = min(candidates, key=lambda p: (-wins[p], rank_sum[p], POLICY_ORDER.index(p)))
     return policy, wins[policy], n
@@ -245,14 +245,13 @@ def _hardware(run: _Run, policy: str) -> str | None:
 def _real(policy: str, api: str) -> bool:
     """Whether a policy with a driver API follows real Xen code (the rules table says which do)."""
     rule = POLICY_RULES.get(policy)
-    real_policy = rule is not None and not rule.source.startswith(DESIGN)
-    return real_policy and (rule.shared or not API_RULES[api].source.startswith(DESIGN))
+    return rule is not None and rule.real and (rule.shared or API_RULES[api].real)
 
 
 def _grounding(policy: str, api: str) -> str:
     real = [f"`{p}`" for p in POLICY_ORDER if p in POLICY_RULES and _real(p, "per-page")]
-    design = [f"`{a}`" for a, r in API_RULES.items() if r.source.startswith(DESIGN)] + \
-        [f"`{p}` on Arm" for p, r in POLICY_RULES.items() if r.source.startswith(DESIGN)]
+    design = [f"`{a}`" for a, r in API_RULES.items() if not r.real] + \
+        [f"`{p}` on Arm" for p, r in POLICY_RULES.items() if not r.real]
     return (f"With the per-page API, {_and(real)} follow real Xen code (the unshared ones EPAM's xen-troops IPMMU "
             f"driver, `shared` upstream Xen 4.17); {_and(design)} are design assumptions with no Xen code behind "
             f"them, so " + (f"`{policy}` with `{api}` follows real code." if _real(policy, api) else

@@ -20,7 +20,6 @@ from ..units import GIB, MIB
 from . import invariant
 from .iommu import SharedIommu, UnsharedIommu
 from .p2m import P2M
-from .p2m_types import CODE
 from .rules import GNTTAB_IOMMU_RULE, POLICY_RULES, policy_rule
 from .toolstack import KERNEL_KIB, RAMDISK_KIB
 
@@ -301,8 +300,12 @@ class Domain:
                 self._check(change.touched)
         self._peaks()
         inv = (self.iommu.counts.invalidations if self.iommu else 0) - inv_before
-        self.host.step_inv[self.domid] = self.host.step_inv.get(self.domid, 0) + inv
+        self._queue(inv)
         return ns - inv * c.iotlb_inv_ns, inv
+
+    def _queue(self, inv: int) -> None:
+        """Hand the running step's invalidations to the host, which schedules them on the flush register."""
+        self.host.step_inv[self.domid] = self.host.step_inv.get(self.domid, 0) + inv
 
     def _check(self, gfn_ranges) -> None:
         try:
@@ -452,35 +455,25 @@ class Domain:
 
     def _grant_iommu(self, mfn: np.ndarray, mapping: bool) -> tuple[float, int]:
         held = np.isin(mfn, self.grant_dfns)
+        np.add.at(self.grant_refs, np.searchsorted(self.grant_dfns, mfn[held]), 1 if mapping else -1)
         if mapping:
-            new = mfn[~held]
-            k = np.searchsorted(self.grant_dfns, mfn[held])
-            self.grant_refs[k] += 1
-            self.grant_dfns, order = np.unique(np.concatenate((self.grant_dfns, new)), return_index=True)
-            self.grant_refs = np.concatenate((self.grant_refs, np.ones(len(new), np.int64)))[order]
-            change = new
+            change = np.unique(mfn[~held])
+            self.grant_dfns, order = np.unique(np.concatenate((self.grant_dfns, change)), return_index=True)
+            self.grant_refs = np.concatenate((self.grant_refs, np.ones(len(change), np.int64)))[order]
         else:
-            k = np.searchsorted(self.grant_dfns, mfn[held])
-            self.grant_refs[k] -= 1
             gone = self.grant_refs == 0
             change = self.grant_dfns[gone]
             self.grant_dfns, self.grant_refs = self.grant_dfns[~gone], self.grant_refs[~gone]
         if not len(change):
             return 0.0, 0
-        one = np.ones(len(change), np.int64)
         if self.rule.shared:
+            one = np.ones(len(change), np.int64)
             return self.update(change, change if mapping else 0, one, "iommu_map_rw" if mapping else "invalid")
-        if mapping:
-            ns = self.iommu.map(change, change, one, np.full(len(change), CODE["iommu_map_rw"]))
-            inv = 0                                     # a map never invalidates (rules.py)
-        else:
-            ns = self.iommu.unmap(change, one)
-            inv = len(change) if self.has_context() else 0      # one iommu_legacy_unmap per page, each synced
-        self.iommu.counts.invalidations += inv
+        ns, inv = self.iommu.map_direct(change, self.has_context(), mapping)
         if self.host.check:
-            self._check(iv.normalize(change, one))
+            self._check(iv.normalize(change, np.ones(len(change), np.int64)))
         self._peaks()
-        self.host.step_inv[self.domid] = self.host.step_inv.get(self.domid, 0) + inv
+        self._queue(inv)
         return ns, inv
 
     def map_foreign(self, gfn: np.ndarray, mfn: np.ndarray, nr: np.ndarray) -> tuple[float, int]:

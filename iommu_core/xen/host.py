@@ -20,18 +20,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..pgtable import Format, PageTable
 from .. import intervals as iv
+from ..pgtable import Format, PageTable
 from ..pgtable.format import GRANULE
 from ..units import GIB
 from .costs import CostModel
 from .domain import DOM0_FOREIGN_GFN, GUEST_RAM0, POLICIES, Domain, DomainSpec
-from .record import DomainRecord
 from .iommu import APIS, SHARED_MAX_IPA_BITS, Contexts, NotApplicable
 from .dom0 import DOM0_SHARED_INFO_PAGE, DOMID_XEN, allocate_memory_11, xen_held, xen_image
 from .memory import MachineMemory
 from .toolstack import DTB_PAGES, RAMDISK_OFFSET, RING_GRANTS, Dom0Slots, image_pages
 from .p2m_types import DMA_PERM_BY_CODE
+from .record import DomainRecord
 from .rules import PER_PAGE_FLUSH_VARIANTS, policy_rule
 
 STEP_BATCH_PAGES = (1 << 30) // GRANULE      # RAM is populated in batches of at most 1 GiB
@@ -215,6 +215,13 @@ class Host:
         cnt = nr[:k].copy()
         cnt[-1] -= int(ends[k - 1]) - d.spec.grant_pages
         mfns = iv.pages(mfn[:k], cnt)
+        at, out = self._grant_map(dom0, mfns)
+        d.backend = (at, mfns)
+        return sum(o[0] for o in out), sum(o[1] for o in out)
+
+    def _grant_map(self, dom0: Domain, mfns: np.ndarray) -> tuple[np.ndarray, list]:
+        """map_grant_ref of guest frames into dom0, at frames its balloon gives up first, and their
+        IOMMU side (GNTTAB_IOMMU_RULE): (dom0's frames, each call's (ns, invalidations))."""
         slots = self._slots(dom0)
         at = slots.take(len(mfns))
         one = np.ones(len(at), np.int64)
@@ -222,8 +229,7 @@ class Host:
         dom0.counts.p2m_pages_mapped += len(at)
         out.append(dom0.update(at, mfns, one, "grant_map_rw"))                       # map_grant_ref
         out.append(dom0.grant_iommu(mfns, True))
-        d.backend = (at, mfns)
-        return sum(o[0] for o in out), sum(o[1] for o in out)
+        return at, out
 
     def _grant_unmap(self, dom0: Domain, at: np.ndarray, mfns: np.ndarray) -> list:
         """unmap_grant_ref of dom0's grant maps, their IOMMU side, and the balloon takes the frames back."""
@@ -262,12 +268,8 @@ class Host:
         if not slots.unpopulated:
             out.append(dom0.update(at, at, one, "ram_rw"))                           # populate_physmap
         slots.give_back(at)
-        d.ring_slots = slots.take(RING_GRANTS)
-        two = np.ones(RING_GRANTS, np.int64)
-        if not slots.unpopulated:
-            out.append(dom0.update(d.ring_slots, 0, two, "invalid"))
-        out.append(dom0.update(d.ring_slots, d.magic_mfns[:RING_GRANTS], two, "grant_map_rw"))   # map_grant_ref
-        out.append(dom0.grant_iommu(d.magic_mfns[:RING_GRANTS], True))
+        d.ring_slots, rings = self._grant_map(dom0, d.magic_mfns[:RING_GRANTS])
+        out += rings
         return sum(o[0] for o in out), sum(o[1] for o in out)
 
     def _destroy(self, d: Domain, dom0: Domain):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import intervals as iv
 from ..pgtable import Extents
 from ..pgtable.descriptors import PERMS
 from ..pgtable.format import GRANULE
@@ -40,17 +41,13 @@ def first_difference(a: Extents, b: Extents) -> tuple[int, str] | None:
 def with_grant_dfns(view: Extents, dfns: np.ndarray, ranges) -> Extents:
     """The DMA view plus a direct-mapped domain's grant frames at dfn == mfn (read-write, 4 KiB each)
     that fall in the ranges; a grant frame over a P2M mapping is a model error."""
-    s, e = ranges
-    k = np.searchsorted(e, dfns, side="right")
-    inside = (k < len(s)) & (dfns >= s[np.minimum(k, len(s) - 1)])
-    pages = dfns[inside]
-    if not len(pages):
+    grants = iv.intersect(iv.normalize(dfns, np.ones(len(dfns), np.int64)), ranges)
+    if not len(grants[0]):
         return view
-    first = view.iova.astype(np.int64) // GRANULE
-    j = np.searchsorted(first + view.npages.astype(np.int64), pages, side="right")
-    over = (j < len(view)) & (pages >= first[np.minimum(j, len(view) - 1)]) if len(view) else j < 0
-    if over.any():
-        raise ValueError(f"a grant frame at dfn == mfn {int(pages[over][0]):#x} lies over a P2M mapping")
+    clash = iv.intersect(grants, iv.normalize(view.iova.astype(np.int64) // GRANULE, view.npages))
+    if len(clash[0]):
+        raise ValueError(f"a grant frame at dfn == mfn {int(clash[0][0]):#x} lies over a P2M mapping")
+    pages = iv.pages(grants[0], grants[1] - grants[0])
     one = np.ones(len(pages), view.npages.dtype)
     rw = np.full(len(pages), PERMS["rw"], view.perm.dtype)
     z = np.zeros(len(pages), np.uint8)

@@ -20,7 +20,7 @@ from ..pgtable.descriptors import MEMTYPE_NAMES, PERM_NAMES
 from ..pgtable.format import ENTRIES_SHIFT, GRANULE, LAST_LEVEL
 from .costs import CostModel
 from .p2m import P2M, Change, translation_view
-from .p2m_types import DMA_PERM_BY_CODE, MEMTYPE_BY_CODE, one_or_each
+from .p2m_types import CODE, DMA_PERM_BY_CODE, MEMTYPE_BY_CODE, one_or_each
 from .rules import API_RULES, PER_PAGE_FLUSH_VARIANTS, api_rule
 
 APIS = tuple(API_RULES)
@@ -189,6 +189,19 @@ class UnsharedIommu:
         res = self.pt.unmap(gfn[keep] * GRANULE, n[keep])
         self.counts.pages_unmapped += res["pages_unmapped"]
         return self._account(res, n[keep], unmap=True)
+
+    def map_direct(self, dfn: np.ndarray, context: bool, mapping: bool) -> tuple[float, int]:
+        """iommu_legacy_map / iommu_legacy_unmap of 4 KiB frames at dfn == mfn, one call per frame (the
+        grant-table path, GNTTAB_IOMMU_RULE): a map never invalidates; each unmap call syncs the context
+        (io-pgtable-arm's arm_lpae_unmap -> io_pgtable_tlb_sync, xen-troops/xen:xen/drivers/passthrough/
+        arm/io-pgtable-arm.c @ RELEASE-4.13.0-xt0.2.prod-devel:691), nothing without a context.
+        Returns (modelled ns, invalidations); the invalidations' own time is the queue's."""
+        one = np.ones(len(dfn), np.int64)
+        if mapping:
+            return self.map(dfn, dfn, one, np.full(len(dfn), CODE["iommu_map_rw"])), 0
+        inv = len(dfn) if context else 0
+        self.counts.invalidations += inv
+        return self.unmap(dfn, one), inv
 
     def follow(self, change: Change, context: bool = True, per_page_flush: str = "4.12") -> float:
         """Propagate one P2M update, as Xen's p2m_set_entry calls iommu_map / iommu_unmap, and

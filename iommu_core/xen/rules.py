@@ -47,6 +47,11 @@ class PolicyRule:
     def shared(self) -> bool:
         return self.kind == "shared"
 
+    @property
+    def real(self) -> bool:
+        """Whether real Xen code is behind the rule (else it is a named design assumption)."""
+        return not self.source.startswith(DESIGN)
+
     def table_at_create(self, passthrough: bool) -> bool:
         return self.table_at == "create" or (self.table_at == "create-if-passthrough" and passthrough)
 
@@ -103,6 +108,11 @@ class ApiRule:
     per_page_calls: bool          # one driver call per 4 KiB page
     flush: str
 
+    @property
+    def real(self) -> bool:
+        """Whether real Xen code is behind the rule (else it is a named design assumption)."""
+        return not self.source.startswith(DESIGN)
+
 
 API_RULES: dict[str, ApiRule] = {
     "per-page": ApiRule(
@@ -143,7 +153,8 @@ TLB_RULE = (f"one synchronous stage-2 TLB flush per modified valid leaf (break-b
 
 # Grant maps in a direct-mapped domain with an IOMMU (dom0's backends and the toolstack's ring maps).
 GNTTAB_IOMMU_RULE = (
-    "every grant map is one 4 KiB P2M entry (p2m_grant_map_rw at the backend's ballooned frame); for a "
+    "every grant map is one 4 KiB P2M entry (p2m_grant_map_rw at the backend's ballooned frame, order 0: "
+    "create_grant_host_mapping, xen-project/xen:xen/arch/arm/mm.c @ RELEASE-4.17.0:1560); for a "
     "direct-mapped dom0 whose IOMMU is on, the first map of a frame also maps it at dfn = mfn and the last "
     "unmap removes it (map_grant_ref / unmap_common, xen-project/xen:xen/common/grant_table.c @ "
     "RELEASE-4.17.0:1216 and :1511, refcounted per frame; gnttab_need_iommu_mapping, "
