@@ -20,6 +20,8 @@ import numpy as np
 from .pgtable.arrays import ragged
 
 _I64 = np.int64
+_EMPTY = np.zeros(0, _I64)
+_EMPTY.flags.writeable = False      # shared by every empty result
 
 
 def _sorted(starts, ends) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -54,6 +56,14 @@ def normalize(start, count) -> tuple[np.ndarray, np.ndarray]:
     """The set of the integers in any [start, start + count), from extents in any order."""
     s = np.asarray(start, _I64).ravel()
     return union(s, s + np.asarray(count, _I64).ravel())
+
+
+def of_mask(first: int, mask) -> tuple[np.ndarray, np.ndarray]:
+    """The set of the integers first + i for which mask[i] holds."""
+    if len(mask) == 1:                              # most calls: one page
+        return (np.array([first], _I64), np.array([first + 1], _I64)) if mask[0] else (_EMPTY, _EMPTY)
+    edge = np.diff(np.concatenate(([False], np.asarray(mask, bool), [False])).view(np.int8))
+    return np.flatnonzero(edge > 0).astype(_I64) + first, np.flatnonzero(edge < 0).astype(_I64) + first
 
 
 def union_in_order(starts, ends) -> tuple[np.ndarray, np.ndarray]:

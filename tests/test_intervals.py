@@ -2,6 +2,8 @@
 device trees and cache-line accounting all use it)."""
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iommu_core import intervals as iv
 
@@ -31,3 +33,11 @@ def test_union_size_counts_the_union_without_building_it():
         want = iv.size(iv.union(s, e))
         assert iv.union_size(s, e) == want
         assert iv.union_size_small(pairs((s, e))) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-5, 1000), st.lists(st.booleans(), min_size=1, max_size=40))
+def test_of_mask_is_the_set_the_mask_names(first, mask):
+    got = iv.of_mask(first, np.array(mask))
+    assert [p for s, e in pairs(got) for p in range(s, e)] == [first + i for i, m in enumerate(mask) if m]
+    assert all(np.array_equal(x, y) for x, y in zip(got, iv.union(*got)))      # already in set form

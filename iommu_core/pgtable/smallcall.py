@@ -55,6 +55,16 @@ def leaf_runs(start: int, end: int, delta: int, levels) -> list[tuple[int, int, 
     return runs
 
 
+def _one(x):
+    """x as a plain int or str when it holds one (a length-1 array or list, as batch callers
+    pass a single extent), else x unchanged."""
+    if isinstance(x, np.ndarray) and x.size == 1 and x.dtype.kind in "iu":
+        return int(x.reshape(-1)[0])
+    if isinstance(x, (list, tuple)) and len(x) == 1 and isinstance(x[0], (str, int)):
+        return x[0]
+    return x
+
+
 def _plain(pt, iova, pa, npages, perm, memtype, sw) -> bool:
     fmt = pt.fmt
     return (isinstance(iova, _INT) and isinstance(pa, _INT) and isinstance(npages, _INT)
@@ -112,7 +122,23 @@ def _segments(pt, level: int, gs: int, ge: int):
     return out
 
 
+def page_slots(pt, first: int, count: int) -> list[int] | None:
+    """The level-3 descriptors of pages [first, first + count) as ints (0 where a slot or its
+    whole table is empty), read without changing anything; None if a block lies on the way."""
+    out = []
+    for t, a, b, _ in _segments(pt, LAST_LEVEL, first, first + count):
+        page = _table_page(pt, LAST_LEVEL, t, None)
+        if page is False:
+            return None
+        if page is None or not pt.pool.used[page]:
+            out.extend([0] * (b - a))
+        else:
+            out.extend(pt.pool.mem[page, a:b].tolist())
+    return out
+
+
 def map_one(pt, iova, pa, npages, perm, memtype, sw, leaf: str) -> dict | None:
+    iova, pa, npages, perm, memtype, sw = (_one(x) for x in (iova, pa, npages, perm, memtype, sw))
     if not _plain(pt, iova, pa, npages, perm, memtype, sw):
         return None
     in_pg, out_pg = int(iova) // GRANULE, int(pa) // GRANULE
@@ -152,6 +178,7 @@ def map_one(pt, iova, pa, npages, perm, memtype, sw, leaf: str) -> dict | None:
 
 
 def unmap_one(pt, iova, npages) -> dict | None:
+    iova, npages = _one(iova), _one(npages)
     if pt.reclaim or not (isinstance(iova, _INT) and isinstance(npages, _INT) and 0 < npages <= MAX_PAGES
                           and iova >= 0 and not iova % GRANULE
                           and iova // GRANULE + npages <= pt.fmt.ia_pages):

@@ -70,10 +70,16 @@ class PageTable(BulkPath):
         """Map extents; returns this call's accounting. See the module docstring."""
         if leaf not in ("auto", "4k"):
             raise ExtentError(f"leaf must be 'auto' or '4k', got {leaf!r}")
-        if not remap:
-            done = smallcall.map_one(self, iova, pa, npages, perm, memtype, sw, leaf)
-            if done is not None:
-                return done
+        # The one-extent path takes only empty slots, where a remap writes what a map does.
+        done = smallcall.map_one(self, iova, pa, npages, perm, memtype, sw, leaf)
+        if done is not None:
+            return done
+        return self.map_vectorized(iova, pa, npages, perm, memtype, sw, leaf, remap)
+
+    def map_vectorized(self, iova, pa, npages, perm="rw", memtype="normal", sw=0, leaf="auto", remap=False) -> dict:
+        """`map` by the vectorized path whatever the call's size: the one-extent path's oracle."""
+        if leaf not in ("auto", "4k"):
+            raise ExtentError(f"leaf must be 'auto' or '4k', got {leaf!r}")
         batch = map_batch(self.fmt, iova, pa, npages, perm, memtype, sw)
         levels = self.fmt.leaf_levels if leaf == "auto" else (LAST_LEVEL,)
         plan = self._plan_leaves(batch, levels)
@@ -91,6 +97,10 @@ class PageTable(BulkPath):
         done = smallcall.unmap_one(self, iova, npages)
         if done is not None:
             return done
+        return self.unmap_vectorized(iova, npages)
+
+    def unmap_vectorized(self, iova, npages) -> dict:
+        """`unmap` by the vectorized path whatever the call's size: the one-extent path's oracle."""
         batch = unmap_batch(self.fmt, iova, npages)
         op = OpAccount()
         self._unmap(batch.in_page, batch.in_page + batch.npages, op)

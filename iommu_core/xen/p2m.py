@@ -15,7 +15,9 @@ import numpy as np
 
 from ..pgtable import Extents, Format, PageTable
 from ..pgtable.extents import merge_runs
-from ..pgtable.format import ENTRIES_SHIFT, GRANULE, LAST_LEVEL
+from ..pgtable import smallcall
+from ..pgtable.descriptors import DESC_PAGE, DESC_TYPE_MASK, OA_MASK_48
+from ..pgtable.format import ENTRIES_SHIFT, GRANULE, GRANULE_SHIFT, LAST_LEVEL
 from .. import intervals as iv
 from .p2m_stats import LeafEvents, XenStats, leaf_events, leaves_by_level
 from .p2m_types import (
@@ -82,10 +84,18 @@ class P2M:
 
     def set_entry(self, gfn, mfn, nr, p2m_type) -> Change:
         """Map GFN ranges to MFN ranges with a type ("invalid" removes them)."""
-        gfn = np.atleast_1d(np.asarray(gfn, np.int64))
-        nr = np.broadcast_to(np.asarray(nr, np.int64), gfn.shape).copy()
-        mfn = np.broadcast_to(np.asarray(mfn, np.int64), gfn.shape).copy()
+        gfn = np.atleast_1d(np.array(gfn, np.int64))
+        nr, mfn = (_each(a, gfn.shape) for a in (nr, mfn))
         code = codes(p2m_type, len(gfn))
+        if len(gfn) == 1:
+            change = self._set_pages(gfn, mfn, nr, code)
+            if change is not None:
+                return change
+        return self.set_entry_vectorized(gfn, mfn, nr, code)
+
+    def set_entry_vectorized(self, gfn: np.ndarray, mfn: np.ndarray, nr: np.ndarray, code: np.ndarray) -> Change:
+        """The vectorized path, whatever the batch's size (int64 arrays, type codes): what
+        `set_entry` does for a batch, and the oracle of its one-call path."""
         if len(gfn) > 1 and not _disjoint(gfn, nr):
             raise ValueError("the calls of one P2M batch must not overlap (their order would matter): "
                              "make them one batch after another")
@@ -112,6 +122,44 @@ class P2M:
                       removed=iv.intersect(cleared, before),
                       mapped=(gfn[valid], mfn[valid], nr[valid], code[valid]),
                       unmapped=(gfn[~valid], nr[~valid]), stats=stats, leaves=events)
+
+    def _set_pages(self, gfn, mfn, nr, code) -> Change | None:
+        """One call whose leaves are all 4 KiB pages with no block above them (most of a
+        real Xen's calls: dom0's one-page foreign maps): each slot is read as a plain int
+        instead of walked by arrays. None, before changing anything, for any other call."""
+        g, m, n, c = int(gfn[0]), int(mfn[0]), int(nr[0]), int(code[0])
+        pt = self.pt
+        removing = c == CODE["invalid"]
+        if not (0 < n <= smallcall.MAX_PAGES and g >= 0 and m >= 0 and g + n <= pt.fmt.ia_pages
+                and m + n <= pt.fmt.oa_pages):
+            return None
+        if smallcall.leaf_runs(g, g + n, 0 if removing else m - g, pt.fmt.leaf_levels) != [(LAST_LEVEL, g, g + n)]:
+            return None
+        slots = smallcall.page_slots(pt, g, n)
+        if slots is None:
+            return None
+        desc = np.array(slots, np.uint64)
+        valid = (desc & np.uint64(DESC_TYPE_MASK)) == np.uint64(DESC_PAGE)
+        if (desc[~valid] != 0).any():
+            return None
+        old_mfn = ((desc & np.uint64(OA_MASK_48)) >> np.uint64(GRANULE_SHIFT)).astype(np.int64)
+        new_mfn = np.zeros(n, np.int64) if removing else np.arange(m, m + n, dtype=np.int64)
+        events = LeafEvents(np.arange(g, g + n, dtype=np.int64), np.full(n, LAST_LEVEL, np.int8),
+                            np.zeros(n, np.int64), np.full(n, removing), valid, np.zeros(n, bool),
+                            valid & (old_mfn == new_mfn))
+        self.xen.add(events)
+        before = iv.of_mask(g, valid)
+        if removing:
+            stats = _stats_sum({}, self.pt.unmap(g * GRANULE, n))
+        else:
+            stats = _stats_sum({}, self.pt.map(g * GRANULE, m * GRANULE, n, perm=str(PERM_NAME_BY_CODE[c]),
+                                               memtype=str(MEMTYPE_NAME_BY_CODE[c]), sw=c, remap=bool(valid.any())))
+        none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        keep, drop = (gfn[:0], mfn[:0], nr[:0], code[:0]), (gfn, nr)     # set_entry's own copies
+        if not removing:
+            keep, drop = (gfn, mfn, nr, code), (gfn[:0], nr[:0])
+        return Change(added=none if removing else iv.of_mask(g, ~valid), modified=none if removing else before,
+                      removed=before if removing else none, mapped=keep, unmapped=drop, stats=stats, leaves=events)
 
     def _mapped_before(self, ev: LeafEvents) -> tuple[np.ndarray, np.ndarray]:
         """The pages of the batch's leaves that are mapped now: a valid slot maps its whole
@@ -151,6 +199,12 @@ class P2M:
         out = self.xen.counters(leaves)
         out.update({f"leaves_{name}": leaves[lvl] for lvl, name in ((1, "1g"), (2, "2m"), (3, "4k"))})
         return out
+
+
+def _each(a, shape) -> np.ndarray:
+    """A copy of `a` per element of a batch of this shape (one value broadcast)."""
+    a = np.array(a, np.int64)
+    return a if a.shape == shape else np.broadcast_to(a, shape).copy()
 
 
 def _ints(*arrays):
