@@ -22,6 +22,8 @@ from iommu_core.xen.iommu import UnsharedIommu
 from iommu_core.xen.p2m import P2M
 from iommu_core.xen.rules import APIS, POLICIES
 
+from . import stream
+
 DOMUS = int(os.environ.get("IOMMU_BENCH_DOMUS", "100"))
 
 
@@ -114,3 +116,39 @@ class Answers:
         return runs[(policy, api)][0]["sim_pages_per_s_wall"]
 
     track_simulated_pages_per_second.unit = "pages/s"
+
+
+class StreamReplay:
+    """The captured stream's first calls replayed one by one (benchmarks/stream.py's modes);
+    `python -m benchmarks.harness stream` times a million calls per mode."""
+
+    params = [list(stream.MODES)]
+    param_names = ["mode"]
+    CALLS = 5000
+    number = 1
+    repeat = (1, 3, 60.0)
+
+    def setup(self, mode):
+        self.log = stream.captured_log()
+
+    def time_replay(self, mode):
+        stream.replay(self.log, mode, self.CALLS)
+
+
+class P2MSmallCall:
+    """One single-page P2M map and its removal, each mirrored into an unshared IOMMU table
+    (per-page API), with plain ints or with length-1 arrays: half the time is one call."""
+
+    params = [["int", "array"]]
+    param_names = ["arguments"]
+
+    def setup(self, arguments):
+        self.p2m, self.iommu = P2M("p2m-s2-40"), UnsharedIommu("ipmmu-s1-39", "per-page")
+        self.p2m.set_entry(0x80000, 0x90000, 1, "ram_rw")          # the tables exist, as in a booted guest
+        one = (lambda x: x) if arguments == "int" else (lambda x: np.array([x]))
+        self.args = one(0x80001), one(0x90001), one(1)
+
+    def time_map_and_unmap(self, arguments):
+        gfn, mfn, nr = self.args
+        self.iommu.follow(self.p2m.set_entry(gfn, mfn, nr, "ram_rw"))
+        self.iommu.follow(self.p2m.set_entry(gfn, 0, nr, "invalid"))

@@ -3,6 +3,7 @@
   python -m benchmarks.harness pgtable   the engine's rates, ratios and small-call times (TARGETS)
   python -m benchmarks.harness model     the server boot's wall time per policy and API, invariant off and on
   python -m benchmarks.harness sweep     1 -> 2 workers on a CPU-bound grid, and Ray's share of the default sweep
+  python -m benchmarks.harness stream    the captured stream replayed call by call: calls/s per mode, on one core
 
 asv runs the benchmark classes of bench_*.py; these print what a person reads once.
 """
@@ -19,6 +20,7 @@ from iommu_core.sweep.grid import load_sweep
 from iommu_core.xen.rules import APIS, POLICIES
 
 from .bench_model import DOMUS, boot
+from . import stream as streams
 from .common import SCALING_GRID, SMALL_PAGES, measure_figures, sweep_of, timed_run
 
 # Targets: figure key (as `measure_figures` names it) -> (comparison, bound).
@@ -36,6 +38,16 @@ TARGETS = {
     "reference/translate/random-extents": (">=", 50),
     **{f"small-us/{op}/{n}": ("<=", 20) for op in ("map", "unmap") for n in SMALL_PAGES},
 }
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def missed_targets(figures: dict[str, float]) -> list[str]:
@@ -102,6 +114,24 @@ def sweep(args) -> None:
             overhead(Path(d))
 
 
+# Calls per second per core, per replay mode (issue 16's targets), and the invariant's cost.
+STREAM_TARGETS = {"p2m": 5_000_000, "iommu": 2_000_000}
+CHECK_SLOWDOWN = 3.0
+
+
+def stream(args) -> None:
+    log = streams.captured_log()
+    rates = {}
+    for mode in args.modes:
+        rates[mode] = streams.calls_per_second(log, mode, args.calls)
+        target = STREAM_TARGETS.get(mode)
+        print(f"{mode:12s} {args.calls:>10,} calls  {rates[mode]:12,.0f} calls/s"
+              + (f"   target >= {target:,}" if target else ""), flush=True)
+    if "iommu" in rates and "iommu+check" in rates:
+        print(f"invariant on / off: {rates['iommu'] / rates['iommu+check']:.2f}x slower   "
+              f"target <= {CHECK_SLOWDOWN}x")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     areas = parser.add_subparsers(dest="area", required=True)
@@ -110,6 +140,12 @@ def main(argv=None) -> None:
     s = areas.add_parser("sweep", help="worker scaling and Ray's share")
     s.add_argument("--only", choices=("scaling", "overhead"), help="measure only this (default: both)")
     s.set_defaults(run=sweep)
+    r = areas.add_parser("stream", help="the captured stream's replay rate per mode")
+    r.add_argument("--calls", type=_positive, default=1_000_000,
+                   help="calls per mode: the capture (33,353 calls) repeated as often as it takes (default 1,000,000)")
+    r.add_argument("--modes", nargs="+", choices=streams.MODES, default=list(streams.MODES),
+                   help="which replays to time (default: all; benchmarks/stream.py says what each keeps)")
+    r.set_defaults(run=stream)
     args = parser.parse_args(argv)
     args.run(args)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .xen.domain import DomainSpec
-from .xen.p2m import P2M
+from .xen.p2m import P2M, Change
 from .xen.p2m_types import TYPES
 
 COLUMNS = ("seq", "domid", "gfn", "nr", "mfn", "type", "type_name", "access", "caller", "hypercall", "phase", "rc")
@@ -190,6 +190,15 @@ def to_trace_rows(log: CallLog) -> list[tuple]:
     return rows
 
 
+def apply_call(log: CallLog, k: int, p2ms: dict[int, P2M], p2m_format: str) -> tuple[int, Change]:
+    """Call k of the log on its domain's P2M (made on the domain's first call): (domid, change)."""
+    d = int(log.domid[k])
+    p2m = p2ms.get(d)
+    if p2m is None:
+        p2m = p2ms[d] = P2M(p2m_format)
+    return d, p2m.set_entry(log.gfn[k:k + 1], log.mfn[k:k + 1], log.nr[k:k + 1], TYPES[int(log.type[k])])
+
+
 def replay_counters(log: CallLog, dumps: list[dict], p2m_format: str) -> list[dict]:
     """Apply the calls one by one to a P2M per domain; at each dump, the model's counters."""
     p2ms: dict[int, P2M] = {}
@@ -199,9 +208,7 @@ def replay_counters(log: CallLog, dumps: list[dict], p2m_format: str) -> list[di
     for j in order:
         dump = dumps[j]
         while k < len(log) and log.seq[k] < dump["seq"]:
-            d = int(log.domid[k])
-            p2m = p2ms.setdefault(d, P2M(p2m_format))
-            p2m.set_entry(log.gfn[k:k + 1], log.mfn[k:k + 1], log.nr[k:k + 1], TYPES[int(log.type[k])])
+            apply_call(log, k, p2ms, p2m_format)
             k += 1
         p2m = p2ms.get(dump["domid"])
         out.append({**dump, "model": p2m.xen_counters() if p2m is not None else None})
