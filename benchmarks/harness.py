@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from iommu_core.cli import positive_int
 from iommu_core.sweep.grid import load_sweep
 from iommu_core.xen.rules import APIS, POLICIES
 
@@ -38,16 +39,6 @@ TARGETS = {
     "reference/translate/random-extents": (">=", 50),
     **{f"small-us/{op}/{n}": ("<=", 20) for op in ("map", "unmap") for n in SMALL_PAGES},
 }
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def missed_targets(figures: dict[str, float]) -> list[str]:
@@ -141,7 +132,7 @@ def main(argv=None) -> None:
     s.add_argument("--only", choices=("scaling", "overhead"), help="measure only this (default: both)")
     s.set_defaults(run=sweep)
     r = areas.add_parser("stream", help="the captured stream's replay rate per mode")
-    r.add_argument("--calls", type=_positive, default=1_000_000,
+    r.add_argument("--calls", type=positive_int, default=1_000_000,
                    help="calls per mode: the capture (33,353 calls) repeated as often as it takes (default 1,000,000)")
     r.add_argument("--modes", nargs="+", choices=streams.MODES, default=list(streams.MODES),
                    help="which replays to time (default: all; benchmarks/stream.py says what each keeps)")

@@ -14,7 +14,7 @@ import time
 from iommu_core.scenarios.files import XEN_CAPTURE
 from iommu_core.xen import invariant
 from iommu_core.xen.iommu import UnsharedIommu
-from iommu_core.xenlog import CallLog, apply_call, read_call_log
+from iommu_core.xenlog import CallLog, apply_call, read_capture
 
 MODES = ("p2m", "iommu", "iommu+check")
 P2M_FORMAT = "p2m-s2-40"            # the captured Xen's (40-bit IPA)
@@ -22,7 +22,7 @@ IOMMU_FORMAT = "ipmmu-s1-39"
 
 
 def captured_log() -> CallLog:
-    return read_call_log(XEN_CAPTURE / "p2m_set_entry.csv.gz")
+    return read_capture(XEN_CAPTURE)
 
 
 def replay(log: CallLog, mode: str, calls: int | None = None) -> int:

@@ -34,7 +34,8 @@ def _formats(value: str) -> list[Format]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _positive_int(value: str) -> int:
+def positive_int(value: str) -> int:
+    """argparse type: a positive decimal integer, refused with the value named."""
     # base 10: "010" is ten (base 0 refuses a leading zero)
     try:
         n = int(value, 10)
@@ -316,11 +317,10 @@ def cmd_trace_import(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .xenlog import read_call_log, read_counters, replay_counters
+    from .xenlog import read_capture, read_counters, replay_counters
 
     capture = Path(args.capture)
-    log = read_call_log(capture / "p2m_set_entry.csv.gz" if (capture / "p2m_set_entry.csv.gz").exists()
-                        else capture / "p2m_set_entry.csv")
+    log = read_capture(capture)
     dumps = replay_counters(log, read_counters(capture / "p2m_counters.csv"), args.p2m_format)
     rows, differ = [], 0
     for d in dumps:
@@ -411,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "every table decodes to exactly the request, and print table memory and mapping "
                     "work per format. Formats whose input size cannot reach part of the guest report "
                     "those pages as unreachable.")
-    t.add_argument("--guest-mib", type=_positive_int, default=2048, help="guest RAM in MiB (default 2048)")
-    t.add_argument("--chunk-kib", type=_positive_int, default=2048,
+    t.add_argument("--guest-mib", type=positive_int, default=2048, help="guest RAM in MiB (default 2048)")
+    t.add_argument("--chunk-kib", type=positive_int, default=2048,
                    help="host allocation unit in KiB: 4 for a fragmented host, 2048 for 2 MiB superpages, "
                         "1048576 for 1 GiB (default 2048)")
     t.add_argument("--formats", type=_formats, default=_formats("all"),
@@ -448,12 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("sweep", nargs="?", help="a sweep file (TOML); default: the project's default sweep")
     sw.add_argument("--results", default="results/runs", help="where runs go (default results/runs)")
     sw.add_argument("--address", help="a Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
-    sw.add_argument("--workers", type=_positive_int, help="at most N cells' tasks at once: a local Ray gets min(N, CPUs) CPUs (default: every CPU)")
-    sw.add_argument("--object-store-mb", type=_positive_int, help="object store of a local Ray, in MiB")
+    sw.add_argument("--workers", type=positive_int, help="at most N cells' tasks at once: a local Ray gets min(N, CPUs) CPUs (default: every CPU)")
+    sw.add_argument("--object-store-mb", type=positive_int, help="object store of a local Ray, in MiB")
     sw.add_argument("--resume", metavar="RUN-ID",
                     help="finish an interrupted run with its own sweep (from its manifest): only cells without "
                          "rows run")
-    sw.add_argument("--max-cells", type=_positive_int, default=MAX_CELLS,
+    sw.add_argument("--max-cells", type=positive_int, default=MAX_CELLS,
                     help=f"refuse a sweep of more cells than this (default {MAX_CELLS:,})")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=cmd_sweep)
@@ -538,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "or PageTable.export writes them), check every table pointer, and list the "
                     "mappings it holds as the fewest extents.")
     i.add_argument("path", help="the image: PATH, PATH.bin or PATH.json")
-    i.add_argument("--limit", type=_positive_int, default=50, help="extents to print (default 50)")
+    i.add_argument("--limit", type=positive_int, default=50, help="extents to print (default 50)")
     i.set_defaults(func=cmd_image)
     return p
 

@@ -20,8 +20,6 @@ import numpy as np
 from .pgtable.arrays import ragged
 
 _I64 = np.int64
-_EMPTY = np.zeros(0, _I64)
-_EMPTY.flags.writeable = False      # shared by every empty result
 
 
 def _sorted(starts, ends) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -61,7 +59,8 @@ def normalize(start, count) -> tuple[np.ndarray, np.ndarray]:
 def of_mask(first: int, mask) -> tuple[np.ndarray, np.ndarray]:
     """The set of the integers first + i for which mask[i] holds."""
     if len(mask) == 1:                              # most calls: one page
-        return (np.array([first], _I64), np.array([first + 1], _I64)) if mask[0] else (_EMPTY, _EMPTY)
+        n = int(bool(mask[0]))
+        return np.full(n, first, _I64), np.full(n, first + 1, _I64)
     edge = np.diff(np.concatenate(([False], np.asarray(mask, bool), [False])).view(np.int8))
     return np.flatnonzero(edge > 0).astype(_I64) + first, np.flatnonzero(edge < 0).astype(_I64) + first
 

@@ -128,6 +128,13 @@ def read_call_log(path) -> CallLog:
     return CallLog(path, **arr, caller=cols["caller"], hypercall=cols["hypercall"], phase=cols["phase"])
 
 
+def read_capture(capture) -> CallLog:
+    """The call log of a capture folder (shared/xen-real's layout): p2m_set_entry.csv.gz, else .csv."""
+    capture = Path(capture)
+    gz = capture / "p2m_set_entry.csv.gz"
+    return read_call_log(gz if gz.exists() else capture / "p2m_set_entry.csv")
+
+
 def read_counters(path) -> list[dict]:
     """Xen's q dumps: one dict per row of a counters file (COUNTER_COLUMNS)."""
     path = Path(path)

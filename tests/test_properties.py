@@ -60,7 +60,8 @@ def apply_map(pt, extents, leaf, remap, scalars=True, vectorized=False):
         iova, pa, n, perm, memtype, sw = extents[0]
         return pt.map(iova, pa, n, perm=perm, memtype=memtype, sw=sw, leaf=leaf, remap=remap)
     cols = list(zip(*extents))
-    return (pt.map_vectorized if vectorized else pt.map)(np.array(cols[0]), np.array(cols[1]), np.array(cols[2]), perm=list(cols[3]),
+    mapper = pt.map_vectorized if vectorized else pt.map
+    return mapper(np.array(cols[0]), np.array(cols[1]), np.array(cols[2]), perm=list(cols[3]),
                   memtype=list(cols[4]), sw=np.array(cols[5]), leaf=leaf, remap=remap)
 
 
@@ -174,6 +175,23 @@ def test_random_sequences_with_gigabyte_blocks(preset, data):
     run_sequence(fmt, ops, 2 * GIB_PAGES, GIB_PAGES, with_reference=False)
 
 
+def same_history(ops, one, other) -> None:
+    """Each op through two tables, each (table, map options for apply_map, unmap): the same
+    result (or the same refusal) call by call."""
+    for op in ops:
+        for extents in op[1]:
+            if op[0] == "map":
+                results = []
+                for pt, options, _ in (one, other):
+                    try:
+                        results.append(apply_map(pt, [extents], op[2], op[3], **options))
+                    except MappingConflict as e:
+                        results.append(str(e))
+            else:
+                results = [unmap(*extents) for _, _, unmap in (one, other)]
+            assert results[0] == results[1]
+
+
 @pytest.mark.parametrize("preset", ["ipmmu-s1-32", "p2m-s2-40"])
 @SETTINGS
 @given(data=st.data())
@@ -182,20 +200,9 @@ def test_single_extent_path_writes_and_counts_like_the_batch_path(preset, data):
     fmt = PRESETS[preset]
     ops = data.draw(ops_strategy(fmt, WINDOW, BASE, GIB_PAGES, 3 * BLOCK))
     small, batch = PageTable(fmt), PageTable(fmt)
-    for op in ops:
-        for extents in op[1]:
-            if op[0] == "map":
-                results = []
-                for pt, scalars in ((small, True), (batch, False)):
-                    try:
-                        results.append(apply_map(pt, [extents], op[2], op[3], scalars=scalars,
-                                                 vectorized=not scalars))
-                    except MappingConflict as e:
-                        results.append(str(e))
-            else:
-                iova, n = extents
-                results = [small.unmap(iova, n), batch.unmap_vectorized(np.array([iova]), np.array([n]))]
-            assert results[0] == results[1]
+    same_history(ops, (small, {"scalars": True}, small.unmap),
+                 (batch, {"scalars": False, "vectorized": True},
+                  lambda iova, n: batch.unmap_vectorized(np.array([iova]), np.array([n]))))
     assert small.stats() == batch.stats()
     assert all(np.array_equal(a, b) for a, b in zip(small.leaves(), batch.leaves()))
 
@@ -209,20 +216,9 @@ def test_one_element_arrays_take_the_one_extent_path_and_count_the_same(preset, 
     fmt = PRESETS[preset]
     ops = data.draw(ops_strategy(fmt, WINDOW, BASE, GIB_PAGES, 3 * BLOCK))
     arrays, vectorized = PageTable(fmt), PageTable(fmt)
-    for op in ops:
-        for extents in op[1]:
-            if op[0] == "map":
-                results = []
-                for pt, vec in ((arrays, False), (vectorized, True)):
-                    try:
-                        results.append(apply_map(pt, [extents], op[2], op[3], scalars=False, vectorized=vec))
-                    except MappingConflict as e:
-                        results.append(str(e))
-            else:
-                iova, n = extents
-                results = [arrays.unmap(np.array([iova]), np.array([n])),
-                           vectorized.unmap_vectorized(np.array([iova]), np.array([n]))]
-            assert results[0] == results[1]
+    same_history(ops, (arrays, {"scalars": False}, lambda iova, n: arrays.unmap(np.array([iova]), np.array([n]))),
+                 (vectorized, {"scalars": False, "vectorized": True},
+                  lambda iova, n: vectorized.unmap_vectorized(np.array([iova]), np.array([n]))))
     # Not byte for byte: the two paths number new table pages in another order.
     assert arrays.stats() == vectorized.stats()
     assert all(np.array_equal(a, b) for a, b in zip(arrays.leaves(), vectorized.leaves()))

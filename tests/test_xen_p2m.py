@@ -120,7 +120,7 @@ def test_one_call_path_equals_the_batch_path(calls, block):
         mfn, kind = (0, "invalid") if out is None else (4096 + out * 3, TYPES[t])
         a = fast.set_entry(np.array([gfn]), np.array([mfn]), np.array([nr]), kind)
         b = slow.set_entry_vectorized(np.array([gfn], np.int64), np.array([mfn], np.int64),
-                                 np.array([nr], np.int64), codes(kind, 1))
+                                      np.array([nr], np.int64), codes(kind, 1))
         _same_change(a, b)
         assert fast.pt.pool.mem.tobytes() == slow.pt.pool.mem.tobytes()
         assert fast.stats() == slow.stats() and fast.xen_counters() == slow.xen_counters()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..scenarios.files import XEN_CAPTURE, load_scenario
 from ..xen.host import Host
-from ..xenlog import read_call_log, read_counters, replay_counters
+from ..xenlog import read_capture, read_counters, replay_counters
 
 
 COUNTERS = ("mappings_1g", "shattered_1g", "mappings_2m", "shattered_2m", "mappings_4k")
@@ -19,7 +19,7 @@ LEVELS = {"mappings_1g": "1G mappings", "shattered_1g": "1G shattered", "mapping
 
 @lru_cache(maxsize=4)
 def _replayed(capture: Path, stamp: float) -> list[dict]:
-    log = read_call_log(capture / "p2m_set_entry.csv.gz")
+    log = read_capture(capture)
     return replay_counters(log, read_counters(capture / "p2m_counters.csv"), "p2m-s2-44")
 
 

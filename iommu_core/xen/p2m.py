@@ -16,7 +16,7 @@ import numpy as np
 from ..pgtable import Extents, Format, PageTable
 from ..pgtable.extents import merge_runs
 from ..pgtable import smallcall
-from ..pgtable.descriptors import DESC_PAGE, DESC_TYPE_MASK, OA_MASK_48
+from ..pgtable.descriptors import DESC_PAGE, DESC_TYPE_MASK, oa_mask
 from ..pgtable.format import ENTRIES_SHIFT, GRANULE, GRANULE_SHIFT, LAST_LEVEL
 from .. import intervals as iv
 from .p2m_stats import LeafEvents, XenStats, leaf_events, leaves_by_level
@@ -142,7 +142,7 @@ class P2M:
         valid = (desc & np.uint64(DESC_TYPE_MASK)) == np.uint64(DESC_PAGE)
         if (desc[~valid] != 0).any():
             return None
-        old_mfn = ((desc & np.uint64(OA_MASK_48)) >> np.uint64(GRANULE_SHIFT)).astype(np.int64)
+        old_mfn = ((desc & np.uint64(oa_mask(LAST_LEVEL))) >> np.uint64(GRANULE_SHIFT)).astype(np.int64)
         new_mfn = np.zeros(n, np.int64) if removing else np.arange(m, m + n, dtype=np.int64)
         events = LeafEvents(np.arange(g, g + n, dtype=np.int64), np.full(n, LAST_LEVEL, np.int8),
                             np.zeros(n, np.int64), np.full(n, removing), valid, np.zeros(n, bool),
@@ -155,11 +155,11 @@ class P2M:
             stats = _stats_sum({}, self.pt.map(g * GRANULE, m * GRANULE, n, perm=str(PERM_NAME_BY_CODE[c]),
                                                memtype=str(MEMTYPE_NAME_BY_CODE[c]), sw=c, remap=bool(valid.any())))
         none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-        keep, drop = (gfn[:0], mfn[:0], nr[:0], code[:0]), (gfn, nr)     # set_entry's own copies
-        if not removing:
-            keep, drop = (gfn, mfn, nr, code), (gfn[:0], nr[:0])
-        return Change(added=none if removing else iv.of_mask(g, ~valid), modified=none if removing else before,
-                      removed=before if removing else none, mapped=keep, unmapped=drop, stats=stats, leaves=events)
+        if removing:                             # gfn, mfn, nr, code are set_entry's own copies
+            return Change(added=none, modified=none, removed=before, mapped=(gfn[:0], mfn[:0], nr[:0], code[:0]),
+                          unmapped=(gfn, nr), stats=stats, leaves=events)
+        return Change(added=iv.of_mask(g, ~valid), modified=before, removed=none, mapped=(gfn, mfn, nr, code),
+                      unmapped=(gfn[:0], nr[:0]), stats=stats, leaves=events)
 
     def _mapped_before(self, ev: LeafEvents) -> tuple[np.ndarray, np.ndarray]:
         """The pages of the batch's leaves that are mapped now: a valid slot maps its whole
