@@ -4,6 +4,7 @@
   python -m benchmarks.harness model     the server boot's wall time per policy and API, invariant off and on
   python -m benchmarks.harness sweep     1 -> 2 workers on a CPU-bound grid, and Ray's share of the default sweep
   python -m benchmarks.harness stream    the captured stream replayed call by call: calls/s per mode, on one core
+  python -m benchmarks.harness bigsweep  10,000 small cells on a local 3-node Ray cluster: the driver's peak RSS
 
 asv runs the benchmark classes of bench_*.py; these print what a person reads once.
 """
@@ -21,6 +22,7 @@ from iommu_core.sweep.grid import load_sweep
 from iommu_core.xen.rules import APIS, POLICIES
 
 from .bench_model import DOMUS, boot
+from . import bigsweep as bigsweeps
 from . import stream as streams
 from .common import SCALING_GRID, SMALL_PAGES, measure_figures, sweep_of, timed_run
 
@@ -123,6 +125,20 @@ def stream(args) -> None:
               f"target <= {CHECK_SLOWDOWN}x")
 
 
+# The big grid's driver may take at most this much more memory than a 100-cell grid's (issue 16).
+BIG_SWEEP_EXTRA_MIB = 50
+
+
+def bigsweep(args) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        runs = bigsweeps.measure(args.cells, Path(d))
+        for r in runs:
+            print(f"{r['cells']:>7,} cells on {bigsweeps.NODES} nodes: {r['wall_s']:7.1f} s, driver peak RSS "
+                  f"{r['peak_mib']:6.1f} MiB, {r['files']:,} Parquet files", flush=True)
+    extra = runs[1]["peak_mib"] - runs[0]["peak_mib"]
+    print(f"driver peak RSS, big grid minus 100 cells: {extra:+.1f} MiB   target <= {BIG_SWEEP_EXTRA_MIB} MiB")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     areas = parser.add_subparsers(dest="area", required=True)
@@ -137,6 +153,11 @@ def main(argv=None) -> None:
     r.add_argument("--modes", nargs="+", choices=streams.MODES, default=list(streams.MODES),
                    help="which replays to time (default: all; benchmarks/stream.py says what each keeps)")
     r.set_defaults(run=stream)
+    b = areas.add_parser("bigsweep", help="a big grid's driver memory against a 100-cell grid's (a 3-node Ray)")
+    b.add_argument("--cells", type=positive_int, default=10_000,
+                   help="cells of the big grid: small-h3, every policy and API, seeds as needed (default 10,000; "
+                        "about 15 minutes on 2 cores)")
+    b.set_defaults(run=bigsweep)
     args = parser.parse_args(argv)
     args.run(args)
 

@@ -198,9 +198,11 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    import pyarrow.compute as pc
+
     from .report.figures import hosts
     from .report.page import headline
-    from .store.results import read_results
+    from .store.results import scan_results
     from .sweep.grid import load_sweep
     from .sweep.progress import Bar, Quiet
     from .sweep.runner import SweepStopped, run_sweep
@@ -216,14 +218,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except SweepStopped as e:
         print(f"iommu-bench: {e}", file=sys.stderr)
         return e.exit_code
-    table = read_results(run_dir)
-    print(f"results: {run_dir} ({table.num_rows:,} rows)")
-    statuses = table.column("status").to_pylist()
-    if statuses.count("failed"):
-        print(f"{len({c for c, s in zip(table.column('cell').to_pylist(), statuses) if s == 'failed'})} cells "
-              f"failed: see the 'error' column of {run_dir}")
-    if "ok" in statuses:
-        costs, rows = headline(hosts(table))
+    n, ok, failed = 0, 0, set()               # counted as the run is scanned, never all rows at once
+    for part in scan_results(run_dir, columns=["cell", "status"]):
+        n += part.num_rows
+        ok += pc.sum(pc.equal(part["status"], "ok")).as_py() or 0
+        failed.update(part.filter(pc.equal(part["status"], "failed"))["cell"].to_pylist())
+    print(f"results: {run_dir} ({n:,} rows)")
+    if failed:
+        print(f"{len(failed)} cells failed: see the 'error' column of {run_dir}")
+    if ok:
+        costs, rows = headline(hosts(run_dir))
         print(f"per host, mean over seeds, costs {costs} (the report has the spread and the rest):")
         _print_rows(rows)
         print(f"the full report: iommu-bench report {run_dir.name}" +

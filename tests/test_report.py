@@ -433,7 +433,11 @@ def test_the_verdict_follows_the_numbers_when_they_change(run):
     from iommu_core.report.figures import hosts
     from iommu_core.report.verdict import verdict
 
-    rows = hosts(read_results(run))
+    rows = hosts(read_results(run)).to_pylist()
+
+    def verdict_of(rows):
+        return verdict(pa.Table.from_pylist(rows))
+
     for h in rows:                                  # make eager the cheapest unshared policy on every figure
         if h["policy"] == "eager":
             for f in ("iommu_mib", "boot_mean_ms", "assign_max_ms"):
@@ -441,17 +445,17 @@ def test_the_verdict_follows_the_numbers_when_they_change(run):
     # Cheapest, but h3-fleet refuses some of its domains' creations (XT: a context at every creation): on
     # h3-fleet it wins nothing, on small-h3 all three figures.
     assert any(h["create_refused_context"] for h in rows if h["policy"] == "eager")
-    first = verdict(rows)[0]
+    first = verdict_of(rows)[0]
     assert "**pick `eager`**" not in first or "3 of 6 comparisons" in first
     for h in rows:                                  # and with every creation served, it wins everywhere
         if h["policy"] == "eager":
             h["create_refused_context"] = 0
-    assert "**pick `eager`**" in verdict(rows)[0] and "6 of 6 comparisons" in verdict(rows)[0]
+    assert "**pick `eager`**" in verdict_of(rows)[0] and "6 of 6 comparisons" in verdict_of(rows)[0]
     only_lazy = [h for h in rows if h["policy"] in ("lazy", "shared")]
-    first = verdict(only_lazy)[0]
+    first = verdict_of(only_lazy)[0]
     assert "**pick `lazy`**" in first and "the only unshared policy the run has" in first
     only_shared = [h for h in rows if h["policy"] == "shared"]
-    assert verdict(only_shared) == ["The run has no unshared policy (it has shared), so it cannot say which one an "
+    assert verdict_of(only_shared) == ["The run has no unshared policy (it has shared), so it cannot say which one an "
                                     "IPMMU-like unshared IOMMU should use."]
 
 

@@ -11,6 +11,7 @@ import pytest
 from iommu_core.store.results import MANIFEST_NAME, SCHEMA_VERSION, ResultsError, read_results
 from iommu_core.sweep.grid import SweepError, load_sweep, sweep_from_text
 from iommu_core.sweep.progress import Quiet
+from iommu_core.sweep import runner
 from iommu_core.sweep.runner import SweepStopped, _check_address, run_sweep
 
 SMALL = """
@@ -30,7 +31,8 @@ iotlb_inv_ns = 100000
 """
 
 
-def test_a_small_sweep_end_to_end(tmp_path):
+def test_a_small_sweep_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "PART_AGE_S", 3600.0)
     (tmp_path / "s.toml").write_text(SMALL)
     sweep = load_sweep(tmp_path / "s.toml")
     assert len(sweep.cells) == 2 * 2 * 2 * 2
@@ -42,6 +44,8 @@ def test_a_small_sweep_end_to_end(tmp_path):
     assert len(ok) == 12 * 5 and len(na) == 4                 # shared with a 48-bit P2M: not applicable
     assert all(r["mismatches"] == 0 for r in ok)
     assert len({r["cell"] for r in rows}) == 16
+    # 8 tasks, 2 parts: the first landed task's rows at once, the rest when the sweep ends
+    assert len({p.name for p in run_dir.rglob("*.parquet")}) == 2
     manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
     assert manifest["cells_done"] == 16 and manifest["cells_failed"] == 0
     schema = pq.read_schema(next(run_dir.rglob("*.parquet")))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-from ..store.results import read_results
 from .figures import HOST_KEYS, by_host_key, hosts
 
 FIGURES = (  # figure, title, format
@@ -29,7 +28,7 @@ def noise(a, b) -> float:
 
 def compare(run_a, run_b) -> dict:
     """Rows for every host key and figure of both runs; and the host keys only one run has."""
-    groups = [by_host_key(hosts(read_results(r)), [f for f, _, _ in FIGURES]) for r in (run_a, run_b)]
+    groups = [by_host_key(hosts(r), [f for f, _, _ in FIGURES]) for r in (run_a, run_b)]
     a, b = groups
     rows = []
     for key in [k for k in a if k in b]:

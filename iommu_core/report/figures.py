@@ -8,13 +8,13 @@ arithmetic on the dataset; nothing is typed in.
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..store.results import F64, scan_results
 from ..units import MIB, PAGE
 from ..xen.rules import APIS, POLICIES
 
@@ -40,22 +40,27 @@ def order(key: tuple) -> tuple:
             if k["policy"] in POLICY_ORDER else 9, API_ORDER.index(k["api"]) if k["api"] in API_ORDER else 9)
 
 
-def ok_rows(table: pa.Table) -> pa.Table:
-    if table.num_rows == 0:
-        raise ReportError("the run has no rows")
-    ok = table.filter(pc.equal(table["status"], "ok"))
-    if ok.num_rows == 0:
-        raise ReportError(f"the run has no successful cells ({table.num_rows} rows, statuses: "
-                          f"{sorted(set(table.column('status').to_pylist()))})")
-    return ok
+# Per-cell values, the same on each of its rows; and the keys of a cell.
+_PER_CELL = ("sim_pages_per_s_wall", "engine_wall_s", "cell_wall_s")
+_CELL = ["cell", *HOST_KEYS, "seed", "worker"]
+_LATENCY = [f"{op}_{x}" for op in ("map", "unmap") for x in ("lat_mean_us", "lat_std_us")]
+_READ = [*_CELL, "status", *_SUMS, *_PER_CELL, *_LATENCY, "boot_ns", "assign_ns"]
 
 
-def hosts(table: pa.Table) -> list[dict]:
-    """One dict per cell: its keys, seed and its figures summed (or taken at the max) over its domains.
+def _chunks(source, columns: list[str], **filters):
+    """A run's rows as a stream of tables: `source` is a table of rows or a run's folder (scanned a window
+    of files at a time, so a run of any size is never all in memory)."""
+    if isinstance(source, pa.Table):
+        table = source.select(columns)
+        for column, value in filters.items():
+            table = table.filter(pc.equal(table[column], value))
+        yield table
+    else:
+        yield from scan_results(source, columns=columns, **filters)
 
-    Map and unmap latencies are pooled over domains from each domain's call count, mean and
-    (population) standard deviation: the sums of n*mean and n*(std^2 + mean^2) give the host's."""
-    ok = ok_rows(table)
+
+def _partial(ok: pa.Table) -> pa.Table:
+    """One chunk's rows summed per cell; partial sums of chunks sum again to the cell's (_combine)."""
     extra = {}
     for op in ("map", "unmap"):
         n, mean, std = ok[f"{op}_calls"], ok[f"{op}_lat_mean_us"], ok[f"{op}_lat_std_us"]
@@ -68,31 +73,64 @@ def hosts(table: pa.Table) -> list[dict]:
     extra["booted_ns"] = pc.if_else(pc.equal(refused, 0), ok["boot_ns"], 0)
     for name, column in extra.items():
         ok = ok.append_column(name, column)
-    per_cell = ("sim_pages_per_s_wall", "engine_wall_s", "cell_wall_s")      # one value per cell
-    grouped = ok.group_by(["cell", *HOST_KEYS, "seed", "worker"], use_threads=False).aggregate(
-        [(c, "sum") for c in (*_SUMS, *extra)] + [(c, "max") for c in (*per_cell, "boot_ns", "assign_ns")]
-        + [("boot_ns", "mean"), ("cell", "count")])
-    out = []
-    for g in grouped.to_pylist():
-        h = {k: g[k] for k in ("cell", *HOST_KEYS, "seed", "worker")}
-        h.update({c: g[f"{c}_sum"] for c in _SUMS}, **{c: g[f"{c}_max"] for c in per_cell})
-        h["domains"] = g["cell_count"]
-        h["iommu_mib"] = h["iommu_table_bytes"] / MIB
-        h["min_mib"] = h["iommu_min_table_bytes"] / MIB
-        h["reserved_mib"] = h["toolstack_reserved_bytes"] / MIB
-        h["iommu_pct_ram"] = 100 * h["iommu_table_bytes"] / h["ram_bytes"]
-        h["boot_mean_ms"] = g["booted_ns_sum"] / g["booted_sum"] / 1e6 if g["booted_sum"] else 0.0
-        h["boot_max_ms"] = g["boot_ns_max"] / 1e6
-        h["assign_max_ms"] = g["assign_ns_max"] / 1e6          # 0 on a host without devices
-        h["unreachable_mib"] = h["unreachable_pages"] * PAGE / MIB
-        h["refused"] = h["assign_refused_context"] + h["assign_refused_undeclared"] + h["create_refused_context"]
-        for op in ("map", "unmap"):
-            n = h[f"{op}_calls"]
-            mean = g[f"{op}_s1_sum"] / n if n else 0.0
-            h[f"{op}_lat_mean_us"] = mean
-            h[f"{op}_lat_std_us"] = math.sqrt(max(g[f"{op}_s2_sum"] / n - mean * mean, 0.0)) if n else 0.0
-        out.append(h)
-    return out
+    return ok.group_by(_CELL, use_threads=False).aggregate(
+        [(c, "sum") for c in (*_SUMS, *extra)] + [(c, "max") for c in (*_PER_CELL, "boot_ns", "assign_ns")]
+        + [("cell", "count")])
+
+
+def _combine(partials: list[pa.Table]) -> pa.Table:
+    """The chunks' partial sums, counts and maxima of each cell combined (names unchanged)."""
+    table = pa.concat_tables(partials)
+    figures = [c for c in table.column_names if c not in _CELL]
+    grouped = table.group_by(_CELL, use_threads=False).aggregate(
+        [(c, "max" if c.endswith("_max") else "sum") for c in figures])
+    return grouped.rename_columns([c if c in _CELL else c.rsplit("_", 1)[0] for c in grouped.column_names])
+
+
+def _ratio(a, b, scale: float = 1.0):
+    """a / b / scale, and 0 where b is 0."""
+    b = pc.cast(b, F64)
+    return pc.if_else(pc.equal(b, 0), 0.0, pc.divide(pc.divide(a, pc.if_else(pc.equal(b, 0), 1.0, b)), scale))
+
+
+def hosts(source) -> pa.Table:
+    """One row per cell (one simulated host): its keys, seed and its figures summed (or taken at the max)
+    over its domains. `source`: a table of a run's rows, or a run's folder, aggregated as it is scanned.
+
+    Map and unmap latencies are pooled over domains from each domain's call count, mean and
+    (population) standard deviation: the sums of n*mean and n*(std^2 + mean^2) give the host's."""
+    partials, rows, statuses = [], 0, set()
+    for chunk in _chunks(source, _READ):
+        rows += chunk.num_rows
+        statuses.update(pc.unique(chunk["status"]).to_pylist())
+        ok = chunk.filter(pc.equal(chunk["status"], "ok"))
+        if ok.num_rows:
+            partials.append(_partial(ok))
+    if rows == 0:
+        raise ReportError("the run has no rows")
+    if not partials:
+        raise ReportError(f"the run has no successful cells ({rows} rows, statuses: {sorted(statuses, key=str)})")
+    g = _combine(partials)
+    h = {c: g[c] for c in _CELL}
+    h.update({c: g[f"{c}_sum"] for c in _SUMS}, **{c: g[f"{c}_max"] for c in _PER_CELL})
+    h["domains"] = g["cell_count"]
+    h["iommu_mib"] = pc.divide(pc.cast(h["iommu_table_bytes"], F64), MIB)
+    h["min_mib"] = pc.divide(pc.cast(h["iommu_min_table_bytes"], F64), MIB)
+    h["reserved_mib"] = pc.divide(pc.cast(h["toolstack_reserved_bytes"], F64), MIB)
+    h["iommu_pct_ram"] = pc.divide(pc.multiply(100, pc.cast(h["iommu_table_bytes"], F64)), h["ram_bytes"])
+    h["boot_mean_ms"] = _ratio(g["booted_ns_sum"], g["booted_sum"], 1e6)
+    h["boot_max_ms"] = pc.divide(pc.cast(g["boot_ns_max"], F64), 1e6)
+    h["assign_max_ms"] = pc.divide(pc.cast(g["assign_ns_max"], F64), 1e6)      # 0 on a host without devices
+    h["unreachable_mib"] = pc.divide(pc.multiply(pc.cast(h["unreachable_pages"], F64), PAGE), MIB)
+    h["refused"] = pc.add(pc.add(h["assign_refused_context"], h["assign_refused_undeclared"]),
+                          h["create_refused_context"])
+    for op in ("map", "unmap"):
+        n = h[f"{op}_calls"]
+        mean = _ratio(g[f"{op}_s1_sum"], n)
+        h[f"{op}_lat_mean_us"] = mean
+        h[f"{op}_lat_std_us"] = pc.sqrt(pc.max_element_wise(pc.subtract(_ratio(g[f"{op}_s2_sum"], n),
+                                                                        pc.multiply(mean, mean)), 0.0))
+    return pa.table(h)
 
 
 @dataclass(frozen=True)
@@ -107,40 +145,59 @@ def stat(values) -> Stat:
     return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
 
 
-def by_host_key(host_rows: list[dict], figures, costs: str | None = None) -> dict[tuple, dict[str, Stat]]:
-    """Mean and spread over seeds of each figure, per host key (optionally one cost variant only)."""
-    groups: dict[tuple, list[dict]] = {}
-    for h in host_rows:
-        if costs is None or h["costs"] == costs:
-            groups.setdefault(tuple(h[k] for k in HOST_KEYS), []).append(h)
-    return {key: {f: stat(h[f] for h in rows) for f in figures} for key, rows in sorted(groups.items(),
-                                                                                         key=lambda kv: order(kv[0]))}
+def by_host_key(cells: pa.Table, figures, costs: str | None = None) -> dict[tuple, dict[str, Stat]]:
+    """Mean and spread over seeds of each figure, per host key (optionally one cost variant only);
+    `cells`: the table hosts() gives."""
+    if costs is not None:
+        cells = cells.filter(pc.equal(cells["costs"], costs))
+    figures = list(dict.fromkeys(figures))
+    grouped = cells.group_by(list(HOST_KEYS), use_threads=False).aggregate([(f, "list") for f in figures])
+    keys = list(zip(*(grouped[k].to_pylist() for k in HOST_KEYS)))
+    values = {f: grouped[f"{f}_list"].to_pylist() for f in figures}
+    groups = {key: {f: stat(values[f][i]) for f in figures} for i, key in enumerate(keys)}
+    return dict(sorted(groups.items(), key=lambda kv: order(kv[0])))
 
 
-def first_costs(host_rows: list[dict]) -> str:
+def first_costs(cells: pa.Table) -> str:
     """The cost variant that count- and memory-figures are shown under ('default' if the run has it)."""
-    names = sorted({h["costs"] for h in host_rows})
+    names = sorted(pc.unique(cells["costs"]).to_pylist())
     return "default" if "default" in names else names[0]
 
 
-def domains_with_devices(table: pa.Table, costs: str) -> list[dict]:
-    """Per-domain rows of the domains that were assigned a device, under one cost variant."""
-    ok = ok_rows(table)
-    ok = ok.filter(pc.and_(pc.greater(ok["devices"], 0), pc.equal(ok["costs"], costs)))
-    return ok.select(["scenario", "format", "policy", "api", "seed", "domain", "ram_bytes", "assign_ns",
-                      "populate_pages"]).to_pylist()
+_SPIKE_KEYS = ["scenario", "format", "policy", "api", "ram_bytes"]
 
 
-def workers(host_rows: list[dict]) -> list[dict]:
+def assignments_by_size(source, costs: str) -> list[dict]:
+    """The slowest device assignment of the domains that were assigned a device, lazy and declared, under
+    one cost variant: per scenario, format, policy, API and domain RAM, their count, mean, least and
+    most assign_ns and their mean populate_pages (aggregated as the run is scanned)."""
+    partials = []
+    for chunk in _chunks(source, [*_SPIKE_KEYS, "status", "costs", "devices", "assign_ns", "populate_pages"],
+                         status="ok", costs=costs):
+        d = chunk.filter(pc.and_(pc.greater(chunk["devices"], 0),
+                                 pc.is_in(chunk["policy"], pa.array(["lazy", "declared"]))))
+        partials.append(d.group_by(_SPIKE_KEYS, use_threads=False).aggregate(
+            [("assign_ns", "sum"), ("populate_pages", "sum"), ("assign_ns", "min"), ("assign_ns", "max"),
+             ("assign_ns", "count")]))
+    if not partials:
+        return []
+    g = pa.concat_tables(partials).group_by(_SPIKE_KEYS, use_threads=False).aggregate(
+        [("assign_ns_sum", "sum"), ("populate_pages_sum", "sum"), ("assign_ns_min", "min"),
+         ("assign_ns_max", "max"), ("assign_ns_count", "sum")])
+    return [{**{k: r[k] for k in _SPIKE_KEYS}, "domains": r["assign_ns_count_sum"],
+             "assign_ns": r["assign_ns_sum_sum"] / r["assign_ns_count_sum"],
+             "assign_ns_min": r["assign_ns_min_min"], "assign_ns_max": r["assign_ns_max_max"],
+             "populate_pages": r["populate_pages_sum_sum"] / r["assign_ns_count_sum"]}
+            for r in sorted(g.to_pylist(), key=lambda r: tuple(r[k] for k in _SPIKE_KEYS))]
+
+
+def workers(cells: pa.Table) -> list[dict]:
     """Per worker: cells run, busy time, and the simulated pages per second of engine time it achieved."""
-    per: dict[str, dict] = {}
-    for h in host_rows:
-        w = per.setdefault(h["worker"], {"worker": h["worker"], "cells": 0, "busy_s": 0.0, "pages": 0.0,
-                                         "engine_s": 0.0})
-        w["cells"] += 1
-        w["busy_s"] += h["cell_wall_s"]
-        w["pages"] += h["sim_pages_per_s_wall"] * h["engine_wall_s"]
-        w["engine_s"] += h["engine_wall_s"]
-    for w in per.values():
-        w["pages_per_s"] = w["pages"] / w["engine_s"] if w["engine_s"] else 0.0
-    return sorted(per.values(), key=lambda w: w["worker"])
+    t = cells.append_column("pages", pc.multiply(cells["sim_pages_per_s_wall"], cells["engine_wall_s"]))
+    g = t.group_by("worker", use_threads=False).aggregate([("cell", "count"), ("cell_wall_s", "sum"),
+                                                           ("pages", "sum"), ("engine_wall_s", "sum")])
+    out = [{"worker": r["worker"], "cells": r["cell_count"], "busy_s": r["cell_wall_s_sum"],
+            "pages": r["pages_sum"], "engine_s": r["engine_wall_s_sum"],
+            "pages_per_s": r["pages_sum"] / r["engine_wall_s_sum"] if r["engine_wall_s_sum"] else 0.0}
+           for r in g.to_pylist()]
+    return sorted(out, key=lambda w: w["worker"])

@@ -9,13 +9,15 @@ appends more sections (e.g. the model against a real Xen) after the rest.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..store.results import read_manifest, read_results, run_directory
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..store.results import read_manifest, run_directory
 from . import html, plots
-from .figures import HOST_KEYS, ReportError, by_host_key, domains_with_devices, first_costs, hosts, workers
+from .figures import HOST_KEYS, ReportError, assignments_by_size, by_host_key, first_costs, hosts, workers
 from .findings import findings, tables
 from .verdict import markdown as verdict_markdown
 from .verdict import verdict
@@ -60,31 +62,28 @@ def figure_rows(groups, columns, keys=("scenario", "format", "policy", "api")) -
     return rows
 
 
-def headline(host_rows: list[dict]) -> tuple[str, list[dict]]:
-    """The cost variant the headline is under, and its rows: per host, mean over seeds."""
-    costs = first_costs(host_rows)
-    return costs, figure_rows(by_host_key(host_rows, [f for f, _, _ in HEADLINE], costs=costs), HEADLINE)
+def headline(cells: pa.Table) -> tuple[str, list[dict]]:
+    """The cost variant the headline is under, and its rows: per host, mean over seeds (`cells`: what
+    figures.hosts gives)."""
+    costs = first_costs(cells)
+    return costs, figure_rows(by_host_key(cells, [f for f, _, _ in HEADLINE], costs=costs), HEADLINE)
 
 
-def spike_rows(domains: list[dict]) -> list[dict]:
-    """Mean slowest assignment per domain size, lazy beside declared, per scenario, format and API."""
-    cells: dict[tuple, list] = {}
-    for d in domains:
-        if d["policy"] in ("lazy", "declared"):
-            cells.setdefault((d["scenario"], d["format"], d["api"], d["ram_bytes"], d["policy"]), []).append(d)
+def spike_rows(groups: list[dict]) -> list[dict]:
+    """Mean slowest assignment per domain size, lazy beside declared, per scenario, format and API;
+    `groups`: what figures.assignments_by_size gives."""
+    by = {(g["scenario"], g["format"], g["api"], g["ram_bytes"], g["policy"]): g for g in groups}
     rows = []
-    for scenario, fmt, api, ram in sorted({k[:4] for k in cells}):
-        lazy, declared = cells.get((scenario, fmt, api, ram, "lazy"), []), cells.get((scenario, fmt, api, ram,
-                                                                                       "declared"), [])
-        lazy_ms = statistics.fmean(d["assign_ns"] for d in lazy) / 1e6 if lazy else None
-        decl_ms = statistics.fmean(d["assign_ns"] for d in declared) / 1e6 if declared else None
+    for scenario, fmt, api, ram in sorted({k[:4] for k in by}):
+        lazy, declared = by.get((scenario, fmt, api, ram, "lazy")), by.get((scenario, fmt, api, ram, "declared"))
+        lazy_ms = lazy["assign_ns"] / 1e6 if lazy else None
+        decl_ms = declared["assign_ns"] / 1e6 if declared else None
         rows.append({"scenario": scenario, "format": fmt, "api": api, "domain RAM MiB": f"{ram / 2**20:.0f}",
-                     "domains": str(len(lazy)),
+                     "domains": str(lazy["domains"] if lazy else 0),
                      "lazy assign ms": "-" if lazy_ms is None else f"{lazy_ms:.3f}",
                      "declared assign ms": "-" if decl_ms is None else f"{decl_ms:.3f}",
                      "lazy / declared": f"{lazy_ms / decl_ms:.1f}x" if lazy_ms and decl_ms else "-",
-                     "populate pages (mean)": "-" if not lazy else
-                     f"{statistics.fmean(d['populate_pages'] for d in lazy):,.0f}"})
+                     "populate pages (mean)": "-" if not lazy else f"{lazy['populate_pages']:,.0f}"})
     return rows
 
 
@@ -129,39 +128,38 @@ def build(results, run: str | None = None, out: Path | None = None, sections: li
     """Write the report of a run; returns its folder, files, verdict, headline rows and findings.
     `sections`: more sections for the end of the page (e.g. the model against a real Xen)."""
     run_dir = run_directory(results, run)
-    table = read_results(run_dir)
     manifest = read_manifest(run_dir)
-    host_rows = hosts(table)
-    costs = first_costs(host_rows)
-    everything = by_host_key(host_rows, ALL_FIGURES)
-    counted = by_host_key(host_rows, ALL_FIGURES, costs=costs)
-    seeds = sorted({h["seed"] for h in host_rows})
+    cells = hosts(run_dir)                      # aggregated as the run is scanned: one row per cell
+    costs = first_costs(cells)
+    everything = by_host_key(cells, ALL_FIGURES)
+    counted = by_host_key(cells, ALL_FIGURES, costs=costs)
+    seeds = sorted(pc.unique(cells["seed"]).to_pylist())
     out = Path(out) if out else run_dir.parent.parent / "reports" / run_dir.name
     out.mkdir(parents=True, exist_ok=True)
 
-    _, top = headline(host_rows)
-    answer = verdict(host_rows)
+    _, top = headline(cells)
+    answer = verdict(cells)
     finds = findings(counted)
-    per_worker = workers(host_rows)
-    cells_s = sum(h["cell_wall_s"] for h in host_rows)
+    per_worker = workers(cells)
+    cells_s = pc.sum(cells["cell_wall_s"]).as_py()
     wall = manifest.get("wall_s")
-    boots = sum(h["domains"] for h in host_rows)
-    run_rows = [{"cells": str(len(host_rows)), "domain boots": f"{boots:,}", "workers": str(len(per_worker)),
+    boots = pc.sum(cells["domains"]).as_py()
+    run_rows = [{"cells": str(cells.num_rows), "domain boots": f"{boots:,}", "workers": str(len(per_worker)),
                  "wall s": "-" if wall is None else f"{wall:.1f}", "cells' own s": f"{cells_s:.1f}",
                  "speed-up over one worker": "-" if not wall else f"{cells_s / wall:.2f}x",
                  "domain boots/s": "-" if not wall else f"{boots / wall:.1f}",
                  "Ray start s": "-" if "ray_start_s" not in manifest else f"{manifest['ray_start_s']:.1f}"}]
     worker_rows = [{"worker": w["worker"], "cells": str(w["cells"]), "busy s": f"{w['busy_s']:.1f}",
                     "simulated Mpages/s": f"{w['pages_per_s'] / 1e6:.2f}"} for w in per_worker]
-    domains = domains_with_devices(table, costs)
-    pngs = [plots.memory(counted, out / "memory.png"), plots.lazy_spike(domains, out / "lazy_spike.png"),
+    spikes = assignments_by_size(run_dir, costs)
+    pngs = [plots.memory(counted, out / "memory.png"), plots.lazy_spike(spikes, out / "lazy_spike.png"),
             plots.mapping_cost(counted, out / "mapping_cost.png"), plots.fleet(counted, out / "fleet.png"),
             plots.scaling(per_worker, wall, out / "scaling.png")]
 
     n_seeds = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})"
     results_root = run_dir.parent.parent
     about = (f"Sweep `{manifest.get('sweep', '?')}` ({shown_path(manifest.get('sweep_file'), results_root)}), "
-             f"{len(host_rows)} successful cells, commit {manifest.get('git_commit', '?')}, host "
+             f"{cells.num_rows} successful cells, commit {manifest.get('git_commit', '?')}, host "
              f"{manifest.get('host', '?')}, started {manifest.get('start', '?')}. Every figure is a mean over "
              f"{n_seeds} of per-host sums over domains; tables of counts and memory are under cost variant "
              f"`{costs}` (cost variants change modelled time only).\n")
@@ -176,7 +174,7 @@ def build(results, run: str | None = None, out: Path | None = None, sections: li
                 + "\n![memory](memory.png)\n"),
         Section("lazy-spike", f"The lazy populate spike (costs `{costs}`)",
                 "Slowest device assignment of each domain that gets a device, mean per domain size.\n\n"
-                + markdown_table(spike_rows(domains)) + "\n![lazy spike](lazy_spike.png)\n"),
+                + markdown_table(spike_rows(spikes)) + "\n![lazy spike](lazy_spike.png)\n"),
         Section("mapping-cost", "Mapping cost per driver API",
                 "Per host. Latency is per map or unmap call, pooled over the host's domains, as Linux's "
                 "`dma_map_benchmark` reports it (mean and standard deviation).\n\n"

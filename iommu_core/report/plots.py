@@ -81,18 +81,23 @@ def memory(groups: dict[tuple, dict[str, Stat]], path: Path) -> Path:
     return _save(fig, path, "IOMMU table memory per policy and driver API (mean over seeds, bars: std)", axes[0])
 
 
-def lazy_spike(domains: list[dict], path: Path) -> Path:
-    """Slowest assignment of each domain with a device against its RAM: lazy (populate) vs declared."""
-    places = sorted({(d["scenario"], d["format"]) for d in domains})
+def lazy_spike(groups: list[dict], path: Path) -> Path:
+    """Slowest assignment of the domains with a device against their RAM, lazy (populate) vs declared: the
+    mean per size, its bar from the least to the most (groups: figures.assignments_by_size)."""
+    places = sorted({(g["scenario"], g["format"]) for g in groups})
     fig, axes = _subplots(len(places))
     styles = {"lazy": "o", "declared": "x"}
     for ax, (scenario, fmt) in zip(axes, places):
         for policy, marker in styles.items():
             for api in API_ORDER:
-                pts = [(d["ram_bytes"] / 2**30, d["assign_ns"] / 1e6) for d in domains
-                       if (d["scenario"], d["format"], d["policy"], d["api"]) == (scenario, fmt, policy, api)]
+                pts = [g for g in groups if (g["scenario"], g["format"], g["policy"], g["api"]) == (scenario, fmt,
+                                                                                                   policy, api)]
                 if pts:
-                    ax.scatter(*zip(*pts), marker=marker, label=f"{policy} / {api}", alpha=0.7)
+                    mean = [g["assign_ns"] / 1e6 for g in pts]
+                    spread = [[max(m - g["assign_ns_min"] / 1e6, 0.0) for m, g in zip(mean, pts)],
+                              [max(g["assign_ns_max"] / 1e6 - m, 0.0) for m, g in zip(mean, pts)]]
+                    ax.errorbar([g["ram_bytes"] / 2**30 for g in pts], mean, yerr=spread, fmt=marker,
+                                label=f"{policy} / {api}", alpha=0.7, capsize=2)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("domain RAM (GiB)")

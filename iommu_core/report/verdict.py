@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ..store.results import read_results, run_directory
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..store.results import run_directory
 from .figures import API_ORDER, HOST_KEYS, POLICY_ORDER, Stat, by_host_key, first_costs, hosts
 from ..xen.rules import API_RULES, POLICY_RULES
 from .findings import UNSHARED, best_per_policy, refusing
@@ -48,10 +51,10 @@ def _and(items: list[str]) -> str:
 class _Run:
     """The groups the verdict reads: one cost variant, one P2M format; places are (scenario, format)."""
 
-    def __init__(self, host_rows: list[dict]):
-        self.costs = first_costs(host_rows)
-        p2m = _most_common(h["p2m_format"] for h in host_rows if h["costs"] == self.costs)
-        rows = [h for h in host_rows if h["p2m_format"] == p2m]
+    def __init__(self, cells: pa.Table):
+        self.costs = first_costs(cells)
+        p2m = _most_common(cells.filter(pc.equal(cells["costs"], self.costs))["p2m_format"].to_pylist())
+        rows = cells.filter(pc.equal(cells["p2m_format"], p2m))
         self.groups: dict[tuple, dict[str, Stat]] = by_host_key(rows, FIGURES, costs=self.costs)
         self.keys = [dict(zip(HOST_KEYS, k)) for k in self.groups]
         per_format = Counter((k["format"], k["scenario"]) for k in self.keys)
@@ -259,9 +262,9 @@ def _grounding(policy: str, api: str) -> str:
                             f"measured driver."))
 
 
-def verdict(host_rows: list[dict]) -> list[str]:
+def verdict(cells: pa.Table) -> list[str]:
     """The verdict's sentences (at most six), from the per-host rows of a run (figures.hosts)."""
-    run = _Run(host_rows)
+    run = _Run(cells)
     if not any(p in UNSHARED for p in run.policies()):
         return [f"The run has no unshared policy (it has {', '.join(run.policies())}), so it cannot say which one "
                 f"an IPMMU-like unshared IOMMU should use."]
@@ -289,4 +292,4 @@ def markdown(sentences: list[str]) -> str:
 def run_verdict(results, run: str | None = None) -> str:
     """The verdict of a run as Markdown (a run's directory, or `run` under a results directory): what the
     report opens with and the README quotes."""
-    return markdown(verdict(hosts(read_results(run_directory(results, run)))))
+    return markdown(verdict(hosts(run_directory(results, run))))

@@ -8,8 +8,11 @@ place, so a reader never sees half a file.
 
 from __future__ import annotations
 
+import functools
 import json
 import numbers
+import operator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -68,15 +71,21 @@ def placeholder(cell: dict, status: str, error: str) -> dict:
     return r
 
 
-def write_part(run_dir: Path, rows: list[dict], name: str, provenance: dict) -> None:
-    """Write rows into the run's dataset (hive partitions), atomically per file."""
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+def as_table(rows: list[dict]) -> pa.Table:
+    """Schema rows as an Arrow table (a tenth of their size as dicts: what a sweep keeps until it writes)."""
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def write_part(run_dir: Path, rows: list[dict] | pa.Table, name: str, provenance: dict) -> None:
+    """Write rows (dicts or a table of the schema) into the run's dataset (hive partitions), atomically
+    per file."""
+    table = rows if isinstance(rows, pa.Table) else as_table(rows)
     table = table.replace_schema_metadata({**SCHEMA.metadata, b"provenance": json.dumps(provenance).encode()})
-    keys = table.select(list(PARTITIONS)).to_pylist()
-    for key in {tuple(k.values()) for k in keys}:
-        mask = [tuple(k.values()) == key for k in keys]
-        part = table.filter(pa.array(mask))
-        sub = run_dir.joinpath(*[f"{p}={v}" for p, v in zip(PARTITIONS, key)])
+    keys = table.select(list(PARTITIONS))
+    for key in keys.group_by(list(PARTITIONS), use_threads=False).aggregate([]).to_pylist():
+        mask = functools.reduce(pc.and_, [pc.equal(table[k], v) for k, v in key.items()])
+        part = table.filter(mask)
+        sub = run_dir.joinpath(*[f"{p}={v}" for p, v in key.items()])
         sub.mkdir(parents=True, exist_ok=True)
         data = part.drop_columns(list(PARTITIONS))
         atomic_write(sub / f"{name}.parquet", lambda tmp, data=data: pq.write_table(data, tmp))
@@ -141,10 +150,8 @@ def run_directory(path, run: str | None = None) -> Path:
     return root if any(root.glob("*=*")) else latest_run(root)
 
 
-def read_results(path, run: str | None = None, **filters) -> pa.Table:
-    """One run's rows as a table (the run's directory, or `run` under a results directory,
-    or the latest run there), filtered by column values (policy=..., scenario=...)."""
-    root = run_directory(path, run)
+def _result_files(root: Path) -> list[Path]:
+    """A run's Parquet files, each refused unless readable and of a schema version this reader knows."""
     files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
     if not files:
         raise ResultsError(f"{root}: no result files")
@@ -155,14 +162,43 @@ def read_results(path, run: str | None = None, **filters) -> pa.Table:
             raise ResultsError(f"{f}: not a readable Parquet file: {e}") from None
         check_version(str(f), "results", (schema.metadata or {}).get(b"schema_version", b"").decode(),
                       READABLE_VERSIONS, ResultsError)
+    return files
+
+
+def _dataset(root: Path, files: list[Path]) -> ds.Dataset:
     part = ds.partitioning(pa.schema([SCHEMA.field(p) for p in PARTITIONS]), flavor="hive")
     # The whole schema: columns an older version lacks read as nulls.
-    table = ds.dataset([str(f) for f in files], format="parquet", partitioning=part, schema=SCHEMA,
-                       partition_base_dir=str(root)).to_table()
+    return ds.dataset([str(f) for f in files], format="parquet", partitioning=part, schema=SCHEMA,
+                      partition_base_dir=str(root))
+
+
+def _where(filters: dict) -> pc.Expression | None:
     for column, value in filters.items():
         check_filter(column, value)
-        table = table.filter(pc.equal(table[column], value))
-    return table
+    return functools.reduce(operator.and_, [pc.field(c) == v for c, v in filters.items()]) if filters else None
+
+
+def read_results(path, run: str | None = None, **filters) -> pa.Table:
+    """One run's rows as a table (the run's directory, or `run` under a results directory,
+    or the latest run there), filtered by column values (policy=..., scenario=...).
+    All rows at once: to aggregate a large run, use scan_results."""
+    root = run_directory(path, run)
+    return _dataset(root, _result_files(root)).to_table(filter=_where(filters))
+
+
+# Files one scan opens at a time: a dataset keeps every opened file's footer (about 0.3 MB each for this
+# schema), so a run of thousands of parts is read through a window of them.
+FILES_PER_SCAN = 32
+
+
+def scan_results(path, run: str | None = None, columns: list[str] | None = None,
+                 **filters) -> Iterator[pa.Table]:
+    """A run's rows (`columns` only, filtered as read_results filters) as a stream of tables of at most
+    FILES_PER_SCAN files each: memory is bounded by the window, not by the run."""
+    root = run_directory(path, run)
+    files, where = _result_files(root), _where(filters)
+    for i in range(0, len(files), FILES_PER_SCAN):
+        yield _dataset(root, files[i:i + FILES_PER_SCAN]).to_table(columns=columns, filter=where)
 
 
 # Python types a filter value may have, per Arrow type of the column (numpy's numbers included; a bool is

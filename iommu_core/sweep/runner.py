@@ -1,9 +1,10 @@
 """Running a sweep on Ray: the only module that imports ray.
 
 Cells go to plain Ray tasks in small batches (so each task does real work);
-at most a few tasks are in flight (backpressure with ray.wait); every finished
-task's rows go straight to the run's Parquet dataset, so the driver never
-holds all rows. A cell that raises is recorded with its error and the sweep
+at most a few tasks are in flight (backpressure with ray.wait); finished
+tasks' rows are kept as Arrow and written to the run's Parquet dataset as one
+part every PART_AGE_S seconds (the attempt's first at once), so the driver
+never holds all rows and a long run is a few hundred files, not one per task. A cell that raises is recorded with its error and the sweep
 goes on; a task whose worker dies is retried by Ray (cells are deterministic),
 and recorded as failed when it dies every time.
 
@@ -34,8 +35,10 @@ import time
 import uuid
 from pathlib import Path
 
+import pyarrow as pa
+
 from .. import __version__
-from ..store.results import ResultsError, placeholder, read_manifest, row, write_manifest, write_part
+from ..store.results import ResultsError, as_table, placeholder, read_manifest, row, write_manifest, write_part
 from .grid import MAX_CELLS, Cell, Sweep, SweepError, sweep_from_text
 from .progress import Eta, Quiet
 
@@ -448,6 +451,38 @@ def cells_done(run_dir: Path) -> dict[str, str]:
     return out
 
 
+# Landed rows wait (as Arrow, a tenth of their size as dicts) and are written as one part at most every
+# PART_AGE_S seconds or PART_ROWS rows; the attempt's first part at once, so a run shows rows from its start.
+# One part per task made thousands of tiny files (each file's footer is ~30 KB of this schema), which
+# every reader of the dataset pays for; a SIGKILL now loses at most PART_AGE_S of landed work, which
+# --resume runs again (SIGINT and SIGTERM write what has landed).
+PART_AGE_S = 30.0
+PART_ROWS = 50_000
+
+
+class PendingRows:
+    """Landed rows not written yet; `write(table, k)` writes the k-th part of the attempt."""
+
+    def __init__(self, write, age_s: float | None = None, max_rows: int | None = None):
+        self.write = write
+        self.age_s = PART_AGE_S if age_s is None else age_s
+        self.max_rows = PART_ROWS if max_rows is None else max_rows
+        self.tables, self.rows, self.since, self.parts = [], 0, 0.0, 0
+
+    def add(self, rows: list[dict]) -> None:
+        if not self.tables:
+            self.since = time.monotonic()
+        self.tables.append(as_table(rows))
+        self.rows += len(rows)
+        if not self.parts or self.rows >= self.max_rows or time.monotonic() - self.since >= self.age_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.tables:
+            self.write(pa.concat_tables(self.tables), self.parts)
+            self.tables, self.rows, self.parts = [], 0, self.parts + 1
+
+
 class Run:
     """A run's folder over its life: made (or resumed), locked while an attempt uses it, each part of
     rows written whole, and its manifest saying how every attempt went."""
@@ -512,7 +547,7 @@ class Run:
         write_manifest(self.dir, manifest)
         return manifest, this
 
-    def write_part(self, rows: list[dict], name: str, provenance: dict) -> None:
+    def write_part(self, rows, name: str, provenance: dict) -> None:
         write_part(self.dir, rows, name, provenance)
 
     def finish(self, manifest: dict, this: dict, status: str, stop_signal, done: int, failed: int,
@@ -618,6 +653,7 @@ def _locked_sweep(sweep, run: Run, notes, address, workers, object_store_mb, pro
     import ray
 
     status, stop_signal, done, failed, t0, parallel, bar = "running", None, 0, 0, time.perf_counter(), 0, None
+    pending: PendingRows | None = None
     with _Signals() as sig:
         try:
             with sig.shielded(raise_after=False):        # a signal now stops us once Ray is up
@@ -643,13 +679,15 @@ def _locked_sweep(sweep, run: Run, notes, address, workers, object_store_mb, pro
                     bar.message(n)
                 t0 = time.perf_counter()
 
+                pending = PendingRows(lambda table, k: run.write_part(table, f"part-{attempt}-{k:05d}", prov))
+
                 def landed(k: int, cells: list[Cell], rows) -> None:
                     nonlocal done, failed
                     if isinstance(rows, Exception):            # the task's worker died on every retry
                         why = f"{type(rows).__name__}: {str(rows).splitlines()[0] if str(rows) else ''}"
                         rows = [_failed_row(c, run_id, why) for c in cells]
                     with sig.shielded():                   # a part is written whole, or not at all
-                        run.write_part(rows, f"part-{attempt}-{k:05d}", prov)
+                        pending.add(rows)
                     done += len(cells)
                     failed += len({r["cell"] for r in rows if r["status"] == "failed"})
                     bar.update(done, failed, eta.after(rows))
@@ -672,6 +710,12 @@ def _locked_sweep(sweep, run: Run, notes, address, workers, object_store_mb, pro
             raise
         finally:
             with sig.shielded(raise_after=False):
+                if pending is not None:
+                    try:                                   # what has landed is written, however the attempt ends
+                        pending.flush()
+                    except Exception:
+                        if status != "failed":
+                            raise
                 if bar is not None:
                     if status == "interrupted":
                         bar.message(f"interrupted: {len(have) + done} cells have results; iommu-bench sweep "
