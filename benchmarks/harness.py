@@ -2,9 +2,10 @@
 
   python -m benchmarks.harness pgtable   the engine's rates, ratios and small-call times (TARGETS)
   python -m benchmarks.harness model     the server boot's wall time per policy and API, invariant off and on
-  python -m benchmarks.harness sweep     1 -> 2 workers on a CPU-bound grid, and Ray's share of the default sweep
+  python -m benchmarks.harness sweep     1 -> 2 workers on a CPU-bound grid and on the default sweep, Ray's share
   python -m benchmarks.harness stream    the captured stream replayed call by call: calls/s per mode, on one core
   python -m benchmarks.harness bigsweep  10,000 small cells on a local 3-node Ray cluster: the driver's peak RSS
+  python -m benchmarks.harness bighost   the server with 100 to 5,000 small domUs: a cell's time and peak RSS
 
 asv runs the benchmark classes of bench_*.py; these print what a person reads once.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +25,7 @@ from iommu_core.sweep.grid import load_sweep
 from iommu_core.xen.rules import APIS, POLICIES
 
 from .bench_model import DOMUS, boot
+from . import bighost as bighosts
 from . import bigsweep as bigsweeps
 from . import stream as streams
 from .common import SCALING_GRID, SMALL_PAGES, measure_figures, sweep_of, timed_run
@@ -99,12 +103,27 @@ def overhead(where: Path) -> None:
     print(f"Ray's share of the default sweep: median {statistics.median(shares):.1%} of 3 runs")
 
 
+# The default sweep on 2 workers against 1, whole commands with Ray's start (issue 16).
+END_TO_END_SPEEDUP = 1.7
+
+
+def end_to_end(where: Path) -> None:
+    """`iommu-bench sweep` (the default sweep) as a user runs it, on 1 worker and on 2: whole commands."""
+    walls = {}
+    for workers in (1, 2):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "iommu_core.cli", "sweep", "--workers", str(workers), "--results",
+                        str(where / f"runs-{workers}"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        walls[workers] = time.perf_counter() - start
+        print(f"default sweep, whole command, {workers} worker(s): {walls[workers]:.1f} s", flush=True)
+    print(f"speed-up 1 -> 2 workers, end to end: {walls[1] / walls[2]:.2f}x   target >= {END_TO_END_SPEEDUP}x")
+
+
 def sweep(args) -> None:
     with tempfile.TemporaryDirectory() as d:
-        if args.only != "overhead":
-            scaling(Path(d))
-        if args.only != "scaling":
-            overhead(Path(d))
+        for part, run in (("scaling", scaling), ("overhead", overhead), ("end-to-end", end_to_end)):
+            if args.only in (None, part):
+                run(Path(d))
 
 
 # Calls per second per core, per replay mode (issue 16's targets), and the invariant's cost.
@@ -139,13 +158,36 @@ def bigsweep(args) -> None:
     print(f"driver peak RSS, big grid minus 100 cells: {extra:+.1f} MiB   target <= {BIG_SWEEP_EXTRA_MIB} MiB")
 
 
+# An eager cell of 2,000 domUs: at most this wall time and peak RSS (issue 16).
+BIG_HOST = (2000, 5.0, 500)
+
+
+def bighost(args) -> None:
+    rows = []
+    for domus in args.sizes:
+        for policy in bighosts.POLICIES:
+            r = bighosts.measured(domus, policy)
+            rows.append(r)
+            print(f"{domus:>6,} domUs {policy:6s}: {r['wall_s']:7.2f} s, peak RSS {r['peak_mib']:6.0f} MiB, "
+                  f"{r['booted']:,} of {r['domains']:,} domains booted, {1e3 * r['wall_s'] / r['booted']:.1f} ms "
+                  f"per booted domain", flush=True)
+    print(f"plot: {bighosts.plot(rows, Path(args.plot))}")
+    domus, wall, mib = BIG_HOST
+    for r in rows:
+        if r["domus"] == domus and r["policy"] == "eager":
+            print(f"eager at {domus:,} domUs: {r['wall_s']:.2f} s (target <= {wall} s), {r['peak_mib']:.0f} MiB "
+                  f"(target < {mib} MiB)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     areas = parser.add_subparsers(dest="area", required=True)
     areas.add_parser("pgtable", help="the engine's figures and targets").set_defaults(run=pgtable)
     areas.add_parser("model", help="the server boot per policy and API").set_defaults(run=model)
     s = areas.add_parser("sweep", help="worker scaling and Ray's share")
-    s.add_argument("--only", choices=("scaling", "overhead"), help="measure only this (default: both)")
+    s.add_argument("--only", choices=("scaling", "overhead", "end-to-end"),
+                   help="measure only this (default: all three; end-to-end times the default sweep's whole command "
+                        "on 1 and 2 workers, about 9 minutes)")
     s.set_defaults(run=sweep)
     r = areas.add_parser("stream", help="the captured stream's replay rate per mode")
     r.add_argument("--calls", type=positive_int, default=1_000_000,
@@ -158,6 +200,12 @@ def main(argv=None) -> None:
                    help="cells of the big grid: small-h3, every policy and API, seeds as needed (default 10,000; "
                         "about 15 minutes on 2 cores)")
     b.set_defaults(run=bigsweep)
+    h = areas.add_parser("bighost", help="a server cell's time and memory against its number of domUs")
+    h.add_argument("--sizes", nargs="+", type=positive_int, default=list(bighosts.SIZES),
+                   help=f"domUs per host (default {' '.join(map(str, bighosts.SIZES))})")
+    h.add_argument("--plot", default="results/scale/big-hosts.png", help="where the plot goes "
+                   "(default results/scale/big-hosts.png, the README's)")
+    h.set_defaults(run=bighost)
     args = parser.parse_args(argv)
     args.run(args)
 

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import iommu_core.store.results as results
+from iommu_core.report import figures
 from iommu_core.report.figures import assignments_by_size, hosts
 from iommu_core.store.results import as_table, placeholder, read_results, scan_results, write_part
 from iommu_core.sweep.runner import PendingRows
@@ -37,7 +38,8 @@ def by_cell(table: pa.Table) -> list[dict]:
 @given(data=st.data())
 def test_a_run_scanned_a_window_at_a_time_aggregates_as_all_its_rows(tmp_path_factory, monkeypatch, data):
     """The reference run's rows, shuffled and cut into parts at random (a cell's rows may land in several
-    files, so several windows), read FILES_PER_SCAN files at a time."""
+    files, windows and batches), read FILES_PER_SCAN files and ROWS_PER_BATCH rows at a time, the partial
+    sums combined every FOLD_EVERY chunks."""
     run_dir = tmp_path_factory.mktemp("stream")
     rows = list(SOME)
     random.Random(data.draw(st.integers(0, 2**32))).shuffle(rows)
@@ -45,20 +47,21 @@ def test_a_run_scanned_a_window_at_a_time_aggregates_as_all_its_rows(tmp_path_fa
     for k, (a, b) in enumerate(zip([0, *cuts], [*cuts, len(rows)])):
         write_part(run_dir, rows[a:b], f"part-{k:03d}", {})
     monkeypatch.setattr(results, "FILES_PER_SCAN", data.draw(st.integers(1, 5)))
+    monkeypatch.setattr(results, "ROWS_PER_BATCH", data.draw(st.sampled_from([50, 1000, 8192])))
+    monkeypatch.setattr(figures, "FOLD_EVERY", data.draw(st.integers(1, 4)))    # partials combined as they come
     whole = read_results(run_dir)
     assert same(by_cell(hosts(run_dir)), by_cell(hosts(whole)))
     assert same(assignments_by_size(run_dir, "default"), assignments_by_size(whole, "default"))
     assert hosts(run_dir).num_rows == len({r["cell"] for r in SOME if r["status"] == "ok"})
 
 
-def test_scan_results_reads_a_window_of_files_with_columns_and_filters(tmp_path, monkeypatch):
+def test_scan_results_reads_a_window_of_files_a_batch_at_a_time_with_columns_and_filters(tmp_path, monkeypatch):
     for k in range(5):
         write_part(tmp_path, ROWS[k::5], f"part-{k}", {})
-    files = len(list(tmp_path.rglob("*.parquet")))
     monkeypatch.setattr(results, "FILES_PER_SCAN", 4)
+    monkeypatch.setattr(results, "ROWS_PER_BATCH", 100)
     tables = list(scan_results(tmp_path, columns=["cell", "seed"], seed=1))
-    assert len(tables) == -(-files // 4)
-    assert all(t.column_names == ["cell", "seed"] for t in tables)
+    assert all(t.column_names == ["cell", "seed"] and t.num_rows <= 100 for t in tables)
     assert sorted(c for t in tables for c in t["cell"].to_pylist()) == sorted(r["cell"] for r in ROWS
                                                                              if r["seed"] == 1)
 

@@ -50,7 +50,6 @@ class PageTable(BulkPath):
         # attribute bits by (perm, memtype, sw), a leaf's address steps per level.
         self.perms = frozenset(d.allowed_perms(self.fmt))
         self._attr_cache: dict[tuple, int] = {}
-        self._templates: dict = {}
         self.leaf_offsets = {lvl: ROW_OFFSETS * U64(level_pages(lvl) * GRANULE) for lvl in self.fmt.levels}
 
     # -- public surface ----------------------------------------------------

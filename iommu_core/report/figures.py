@@ -78,19 +78,27 @@ def _partial(ok: pa.Table) -> pa.Table:
         + [("cell", "count")])
 
 
-def _combine(partials: list[pa.Table]) -> pa.Table:
-    """The chunks' partial sums, counts and maxima of each cell combined (names unchanged)."""
+def _combine(partials: list[pa.Table], keys: list[str]) -> pa.Table:
+    """Partial aggregates per key combined, names unchanged: *_max by max, *_min by min, the rest summed."""
     table = pa.concat_tables(partials)
-    figures = [c for c in table.column_names if c not in _CELL]
-    grouped = table.group_by(_CELL, use_threads=False).aggregate(
-        [(c, "max" if c.endswith("_max") else "sum") for c in figures])
-    return grouped.rename_columns([c if c in _CELL else c.rsplit("_", 1)[0] for c in grouped.column_names])
+    figures = [c for c in table.column_names if c not in keys]
+    grouped = table.group_by(keys, use_threads=False).aggregate(
+        [(c, "max" if c.endswith("_max") else "min" if c.endswith("_min") else "sum") for c in figures])
+    return grouped.rename_columns([c if c in keys else c.rsplit("_", 1)[0] for c in grouped.column_names])
+
+
+FOLD_EVERY = 64          # partial aggregates kept before they are combined: a run of thousands of small
+                         # files yields thousands of tiny chunks, each a table with its own overhead
+
+
+def _folded(partials: list[pa.Table], keys: list[str]) -> list[pa.Table]:
+    return [_combine(partials, keys)] if len(partials) >= FOLD_EVERY else partials
 
 
 def _ratio(a, b, scale: float = 1.0):
     """a / b / scale, and 0 where b is 0."""
-    b = pc.cast(b, F64)
-    return pc.if_else(pc.equal(b, 0), 0.0, pc.divide(pc.divide(a, pc.if_else(pc.equal(b, 0), 1.0, b)), scale))
+    b = pc.cast(b, F64)                         # a float division: x / 0 is inf, then replaced
+    return pc.if_else(pc.equal(b, 0), 0.0, pc.divide(pc.divide(a, b), scale))
 
 
 def hosts(source) -> pa.Table:
@@ -105,12 +113,12 @@ def hosts(source) -> pa.Table:
         statuses.update(pc.unique(chunk["status"]).to_pylist())
         ok = chunk.filter(pc.equal(chunk["status"], "ok"))
         if ok.num_rows:
-            partials.append(_partial(ok))
+            partials = _folded([*partials, _partial(ok)], _CELL)
     if rows == 0:
         raise ReportError("the run has no rows")
     if not partials:
         raise ReportError(f"the run has no successful cells ({rows} rows, statuses: {sorted(statuses, key=str)})")
-    g = _combine(partials)
+    g = _combine(partials, _CELL)
     h = {c: g[c] for c in _CELL}
     h.update({c: g[f"{c}_sum"] for c in _SUMS}, **{c: g[f"{c}_max"] for c in _PER_CELL})
     h["domains"] = g["cell_count"]
@@ -176,18 +184,15 @@ def assignments_by_size(source, costs: str) -> list[dict]:
                          status="ok", costs=costs):
         d = chunk.filter(pc.and_(pc.greater(chunk["devices"], 0),
                                  pc.is_in(chunk["policy"], pa.array(["lazy", "declared"]))))
-        partials.append(d.group_by(_SPIKE_KEYS, use_threads=False).aggregate(
+        partials = _folded([*partials, d.group_by(_SPIKE_KEYS, use_threads=False).aggregate(
             [("assign_ns", "sum"), ("populate_pages", "sum"), ("assign_ns", "min"), ("assign_ns", "max"),
-             ("assign_ns", "count")]))
+             ("assign_ns", "count")])], _SPIKE_KEYS)
     if not partials:
         return []
-    g = pa.concat_tables(partials).group_by(_SPIKE_KEYS, use_threads=False).aggregate(
-        [("assign_ns_sum", "sum"), ("populate_pages_sum", "sum"), ("assign_ns_min", "min"),
-         ("assign_ns_max", "max"), ("assign_ns_count", "sum")])
-    return [{**{k: r[k] for k in _SPIKE_KEYS}, "domains": r["assign_ns_count_sum"],
-             "assign_ns": r["assign_ns_sum_sum"] / r["assign_ns_count_sum"],
-             "assign_ns_min": r["assign_ns_min_min"], "assign_ns_max": r["assign_ns_max_max"],
-             "populate_pages": r["populate_pages_sum_sum"] / r["assign_ns_count_sum"]}
+    g = _combine(partials, _SPIKE_KEYS)
+    return [{**{k: r[k] for k in _SPIKE_KEYS}, "domains": r["assign_ns_count"],
+             "assign_ns": r["assign_ns_sum"] / r["assign_ns_count"], "assign_ns_min": r["assign_ns_min"],
+             "assign_ns_max": r["assign_ns_max"], "populate_pages": r["populate_pages_sum"] / r["assign_ns_count"]}
             for r in sorted(g.to_pylist(), key=lambda r: tuple(r[k] for k in _SPIKE_KEYS))]
 
 

@@ -189,16 +189,20 @@ def read_results(path, run: str | None = None, **filters) -> pa.Table:
 # Files one scan opens at a time: a dataset keeps every opened file's footer (about 0.3 MB each for this
 # schema), so a run of thousands of parts is read through a window of them.
 FILES_PER_SCAN = 32
+ROWS_PER_BATCH = 8192              # and yields them a batch at a time, reading ahead one batch and one file
 
 
 def scan_results(path, run: str | None = None, columns: list[str] | None = None,
                  **filters) -> Iterator[pa.Table]:
     """A run's rows (`columns` only, filtered as read_results filters) as a stream of tables of at most
-    FILES_PER_SCAN files each: memory is bounded by the window, not by the run."""
+    ROWS_PER_BATCH rows, from FILES_PER_SCAN files at a time: memory is bounded by the window, not by the run."""
     root = run_directory(path, run)
     files, where = _result_files(root), _where(filters)
     for i in range(0, len(files), FILES_PER_SCAN):
-        yield _dataset(root, files[i:i + FILES_PER_SCAN]).to_table(columns=columns, filter=where)
+        batches = _dataset(root, files[i:i + FILES_PER_SCAN]).to_batches(
+            columns=columns, filter=where, batch_size=ROWS_PER_BATCH, batch_readahead=1, fragment_readahead=1)
+        for batch in batches:
+            yield pa.Table.from_batches([batch])
 
 
 # Python types a filter value may have, per Arrow type of the column (numpy's numbers included; a bool is

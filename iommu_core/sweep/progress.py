@@ -8,7 +8,6 @@ rate over cells would mislead, since the big hosts run first.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from collections import Counter
@@ -94,13 +93,18 @@ class Eta:
     def __init__(self, cells, parallel: int):
         self.scenario_of = {c.key: c.scenario for c in cells}
         self.left = Counter(self.scenario_of.values())
-        self.spent: dict[str, list[float]] = {}
+        self.spent: dict[str, list[float]] = {}         # scenario -> [cells finished, their seconds]
         self.parallel = parallel
 
     def after(self, rows: list[dict]) -> float:
         for cell, wall in {r["cell"]: r["cell_wall_s"] or 0.0 for r in rows}.items():
             scenario = self.scenario_of[cell]
-            self.spent.setdefault(scenario, []).append(wall)
+            done = self.spent.setdefault(scenario, [0, 0.0])
+            done[0] += 1
+            done[1] += wall
             self.left[scenario] -= 1
-        overall = statistics.fmean(w for walls in self.spent.values() for w in walls)
-        return sum(n * statistics.fmean(self.spent.get(s, [overall])) for s, n in self.left.items()) / self.parallel
+        # running sums, so a landing costs the same at the 10,000th cell as at the first
+        cells, secs = sum(n for n, _ in self.spent.values()), sum(t for _, t in self.spent.values())
+        overall = secs / cells if cells else 0.0
+        return sum(n * (self.spent[s][1] / self.spent[s][0] if s in self.spent else overall)
+                   for s, n in self.left.items()) / self.parallel

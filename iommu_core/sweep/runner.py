@@ -18,6 +18,7 @@ stopped) and raise SweepStopped, whose exit code is 130 or 143.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import errno
@@ -735,10 +736,10 @@ def _drain(task, batches: list[list[Cell]], args: tuple, in_flight_max: int, lan
     `in_flight` is the caller's, so that it can cancel what is left if the loop is interrupted."""
     import ray
 
-    pending = list(enumerate(batches))
+    pending = collections.deque(enumerate(batches))
     while pending or in_flight:
         while pending and len(in_flight) < in_flight_max:
-            k, cells = pending.pop(0)
+            k, cells = pending.popleft()
             in_flight[task.remote(cells, *args)] = (k, cells)
         # a timeout, so a signal's handler runs within a second even while Ray waits
         ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
