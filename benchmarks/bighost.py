@@ -73,6 +73,16 @@ def measured(domus: int, policy: str, api: str = API) -> dict:
     return {**json.loads(out), "peak_mib": usage.ru_maxrss / 1024}
 
 
+def save(rows: list[dict], path: Path) -> Path:
+    """The measured rows beside the plot (path with .json), with the machine they were measured on."""
+    import platform
+    out = path.with_suffix(".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": "python -m benchmarks.harness bighost", "machine": platform.node(),
+                               "cpus": os.cpu_count(), "rows": rows}, indent=1) + "\n")
+    return out
+
+
 def plot(rows: list[dict], path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -80,9 +90,11 @@ def plot(rows: list[dict], path: Path) -> Path:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     for policy in sorted({r["policy"] for r in rows}):
-        pts = sorted((r["domus"], r["wall_s"], r["peak_mib"], r["booted"]) for r in rows if r["policy"] == policy)
-        left.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{policy} / {API}")
-        right.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=f"{policy} / {API}")
+        pts = sorted((r["domus"], r["wall_s"], r["peak_mib"], r["booted"], r["domains"]) for r in rows
+                     if r["policy"] == policy)
+        label = f"{policy} / {API}: {pts[-1][3]:,} of {pts[-1][4]:,} domains booted at {pts[-1][0]:,}"
+        left.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+        right.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=label)
     left.set_xlabel("domUs on the host")
     left.set_ylabel("cell wall time (s)")
     right.set_xlabel("domUs on the host")

@@ -171,7 +171,7 @@ def bighost(args) -> None:
             print(f"{domus:>6,} domUs {policy:6s}: {r['wall_s']:7.2f} s, peak RSS {r['peak_mib']:6.0f} MiB, "
                   f"{r['booted']:,} of {r['domains']:,} domains booted, {1e3 * r['wall_s'] / r['booted']:.1f} ms "
                   f"per booted domain", flush=True)
-    print(f"plot: {bighosts.plot(rows, Path(args.plot))}")
+    print(f"plot: {bighosts.plot(rows, Path(args.plot))}, figures: {bighosts.save(rows, Path(args.plot))}")
     domus, wall, mib = BIG_HOST
     for r in rows:
         if r["domus"] == domus and r["policy"] == "eager":
