@@ -4,9 +4,10 @@ Cells go to plain Ray tasks in small batches (so each task does real work);
 at most a few tasks are in flight (backpressure with ray.wait); finished
 tasks' rows are kept as Arrow and written to the run's Parquet dataset as one
 part every PART_AGE_S seconds (the attempt's first at once), so the driver
-never holds all rows and a long run is a few hundred files, not one per task. A cell that raises is recorded with its error and the sweep
-goes on; a task whose worker dies is retried by Ray (cells are deterministic),
-and recorded as failed when it dies every time.
+never holds all rows and a long run is a few hundred files, not one per task.
+A cell that raises is recorded with its error and the sweep goes on; a task
+whose worker dies is retried by Ray (cells are deterministic), and recorded as
+failed when it dies every time.
 
 A run is written by one process at a time: its folder holds a lock file
 (`.lock`, flock'ed, with the writer's PID and the local Ray's processes). A
@@ -682,7 +683,7 @@ def _locked_sweep(sweep, run: Run, notes, address, workers, object_store_mb, pro
 
                 pending = PendingRows(lambda table, k: run.write_part(table, f"part-{attempt}-{k:05d}", prov))
 
-                def landed(k: int, cells: list[Cell], rows) -> None:
+                def landed(cells: list[Cell], rows) -> None:
                     nonlocal done, failed
                     if isinstance(rows, Exception):            # the task's worker died on every retry
                         why = f"{type(rows).__name__}: {str(rows).splitlines()[0] if str(rows) else ''}"
@@ -732,25 +733,25 @@ def _locked_sweep(sweep, run: Run, notes, address, workers, object_store_mb, pro
 
 def _drain(task, batches: list[list[Cell]], args: tuple, in_flight_max: int, landed, in_flight: dict) -> None:
     """The scheduling loop: keep at most `in_flight_max` batches in flight and hand each finished one
-    to `landed(k, cells, rows)` (rows, or the Ray error that killed its task), in the order they finish.
+    to `landed(cells, rows)` (rows, or the Ray error that killed its task), in the order they finish.
     `in_flight` is the caller's, so that it can cancel what is left if the loop is interrupted."""
     import ray
 
-    pending = collections.deque(enumerate(batches))
+    pending = collections.deque(batches)
     while pending or in_flight:
         while pending and len(in_flight) < in_flight_max:
-            k, cells = pending.popleft()
-            in_flight[task.remote(cells, *args)] = (k, cells)
+            cells = pending.popleft()
+            in_flight[task.remote(cells, *args)] = cells
         # a timeout, so a signal's handler runs within a second even while Ray waits
         ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
         if not ready:
             continue
-        k, cells = in_flight.pop(ready[0])
+        cells = in_flight.pop(ready[0])
         try:
             rows = ray.get(ready[0])
         except ray.exceptions.RayError as e:
             rows = e
-        landed(k, cells, rows)
+        landed(cells, rows)
 
 
 def _failed_row(c: Cell, run_id: str, error: str) -> dict:
