@@ -1,0 +1,315 @@
+"""The single-extent map and unmap compiled (numba), for streams of many small calls.
+
+A replay of a real Xen's calls is tens of thousands of one-page updates; each
+costs over a hundred microseconds through numpy and a fraction of one here.
+These functions run inside a compiled loop over a whole stream
+(xen/stream.py), on the pool's own arrays, with smallcall.py's rules and
+counts: map only over empty slots with no leaf on the way, unmap only page
+leaves, every new table taken from the pool's free list first, then its top.
+A call they cannot take exactly is refused (`check_*` returns False) before
+anything is written, and the caller runs it through the Python path instead;
+the property tests hold both paths to the same tables and counters.
+
+A table is passed as `Arrays` (the pool's flat memory, `used`, `level`,
+`prefix`, free list) and `st`, an int64 vector of the pool's moving scalars and
+of the running totals to add to the pool's when the loop returns.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..compiled import compiled, jit
+from . import descriptors as d
+from .format import ENTRIES, ENTRIES_PER_LINE, ENTRIES_SHIFT, GRANULE, GRANULE_SHIFT, LAST_LEVEL, level_pages
+from .smallcall import MAX_PAGES, leaf_runs
+
+# st: the pool's moving scalars, then totals of the calls run (added to the pool's afterwards)
+TOP, FREE_POS, PEAK, DESCS, LINES, MAPPED, UNMAPPED, CALLS = range(8)
+ALLOC = 8                  # ALLOC + level: tables allocated at that level
+ST_LEN = ALLOC + LAST_LEVEL + 1
+MISSING, LEAF = -1, -2     # what find() gives for a table that is absent, or under a leaf
+LINES_PER_TABLE = ENTRIES // ENTRIES_PER_LINE
+MAX_INTERVALS = 4096       # line intervals one call may collect (scratch rows); a bigger call is refused
+
+
+_leaf_runs = compiled(leaf_runs)
+_level_pages = compiled(level_pages)
+_TYPE_MASK = d.DESC_TYPE_MASK
+_TABLE = d.DESC_TABLE
+_OA = d.OA_MASK_48
+
+
+class Arrays(NamedTuple):
+    mem: np.ndarray           # the pool's memory, flat (uint64)
+    used: np.ndarray          # non-zero entries per page (int32)
+    level: np.ndarray         # level per page (int8)
+    prefix: np.ndarray        # parent entry number per page (int64)
+    free: np.ndarray          # freed pages, ascending (taken from st[FREE_POS] on)
+    base: np.int64
+    table_bits: np.uint64
+    start_level: np.int64
+
+
+def arrays(pt) -> tuple[Arrays, np.ndarray]:
+    """A table's pool as the kernel takes it, and a fresh `st`."""
+    pool = pt.pool
+    # Fixed scalar types, so one compiled version serves every format (stage 1's NSTable is bit 63).
+    a = Arrays(pool.flat, pool.used, pool.level, pool.prefix, pool._free, np.int64(pool.base),
+               np.uint64(pt.table_bits), np.int64(pt.fmt.start_level))
+    st = np.zeros(ST_LEN, np.int64)
+    st[TOP], st[PEAK] = pool.top, pool._peak_pages
+    return a, st
+
+
+def write_back(pt, st: np.ndarray) -> None:
+    """Hand the pool what the kernel changed besides its arrays: the top, the free list, the
+    live tables, the totals and the peak (as pool.record would have, call by call)."""
+    pool = pt.pool
+    pool.top = int(st[TOP])
+    pool._free = pool._free[int(st[FREE_POS]):]
+    allocated = st[ALLOC:ALLOC + LAST_LEVEL + 1]
+    if allocated.any():
+        pool.generation += 1               # tables came: the walk cache is stale
+        per_level = pool._totals_by_level["tables_allocated"]
+        for lvl in range(LAST_LEVEL + 1):
+            pool._live[lvl] += int(allocated[lvl])
+            per_level[lvl] += int(allocated[lvl])
+    totals = pool._totals
+    for key, i in (("descriptors_written", DESCS), ("cache_lines_written", LINES), ("pages_mapped", MAPPED),
+                   ("pages_unmapped", UNMAPPED)):
+        totals[key] += int(st[i])
+    totals["tables_allocated"] += int(allocated.sum())
+    pool._peak_pages = max(pool._peak_pages, int(st[PEAK]))
+
+
+@jit
+def find(a, level, t):
+    """Page of the level-`level` table with prefix t (0 for the root), MISSING, or LEAF."""
+    page = 0
+    for lvl in range(a.start_level + 1, level + 1):
+        tl = t >> (ENTRIES_SHIFT * (level - lvl))
+        flat = tl if lvl - 1 == a.start_level else page * ENTRIES + (tl & (ENTRIES - 1))
+        desc = a.mem[flat]
+        if desc & _TYPE_MASK == _TABLE:
+            page = ((desc & _OA) - a.base) >> GRANULE_SHIFT
+        elif desc != 0:
+            return LEAF
+        else:
+            return MISSING
+    return page
+
+
+@jit
+def _segment(a, level, t, lo_entry, hi_entry):
+    """First and end slot, in table t of `level`, of the level's entries [lo_entry, hi_entry)."""
+    if level == a.start_level:
+        return lo_entry, hi_entry
+    first = t << ENTRIES_SHIFT
+    return max(lo_entry, first) - first, min(hi_entry, first + ENTRIES) - first
+
+
+@jit
+def _tables(level, start_level, lo_entry, hi_entry):
+    """Prefixes [t0, t1) of the level's tables the entries [lo_entry, hi_entry) fall in."""
+    if level == start_level:
+        return 0, 1
+    return lo_entry >> ENTRIES_SHIFT, ((hi_entry - 1) >> ENTRIES_SHIFT) + 1
+
+
+@jit
+def check_map(a, g, m, n, levels):
+    """Whether map_one would take this extent as it is (empty slots, no leaf on the way), and
+    how many tables it may allocate (-1: refused)."""
+    runs = _leaf_runs(g, g + n, m - g, levels)
+    need, segments = 0, 0
+    for level, lo, hi in runs:
+        shift = ENTRIES_SHIFT * (LAST_LEVEL - level)
+        gs, ge = lo >> shift, hi >> shift
+        t0, t1 = _tables(level, a.start_level, gs, ge)
+        segments += t1 - t0
+        if segments * (LAST_LEVEL + 1) > MAX_INTERVALS:
+            return -1                      # more line intervals than the scratch holds
+        for t in range(t0, t1):
+            page = find(a, level, t)
+            if page == LEAF:
+                return -1
+            if page == MISSING:
+                need += level - a.start_level
+                continue
+            s, e = _segment(a, level, t, gs, ge)
+            if a.used[page]:
+                for i in range(page * ENTRIES + s, page * ENTRIES + e):
+                    if a.mem[i] != 0:
+                        return -1
+    return need
+
+
+@jit
+def fits(a, st, need):
+    """Whether `need` new tables fit the pool without growing it."""
+    spare = len(a.free) - st[FREE_POS]
+    return st[TOP] + max(need - spare, 0) <= len(a.used)
+
+
+@jit
+def _alloc(a, st, level, t, op):
+    """A zeroed page for the level-`level` table with prefix t, hooked into its parent."""
+    if st[FREE_POS] < len(a.free):
+        page = a.free[st[FREE_POS]]
+        st[FREE_POS] += 1
+    else:
+        page = st[TOP]
+        st[TOP] += 1
+    a.level[page] = level
+    a.prefix[page] = t
+    op[ALLOC + level] += 1
+    return page
+
+
+@jit
+def _table(a, st, level, t, scratch, k, op):
+    """find(), allocating what is missing (the caller has checked no leaf is on the way).
+    Each table descriptor written adds its line to scratch[k:]; returns (page, new k)."""
+    page = 0
+    for lvl in range(a.start_level + 1, level + 1):
+        tl = t >> (ENTRIES_SHIFT * (level - lvl))
+        flat = tl if lvl - 1 == a.start_level else page * ENTRIES + (tl & (ENTRIES - 1))
+        desc = a.mem[flat]
+        if desc & _TYPE_MASK == _TABLE:
+            page = ((desc & _OA) - a.base) >> GRANULE_SHIFT
+            continue
+        page = _alloc(a, st, lvl, tl, op)
+        a.mem[flat] = np.uint64(a.base + page * GRANULE) | a.table_bits
+        a.used[flat // ENTRIES] += 1
+        scratch[k, 0] = flat // ENTRIES_PER_LINE
+        scratch[k, 1] = flat // ENTRIES_PER_LINE + 1
+        k += 1
+        op[DESCS] += 1
+    return page, k
+
+
+@jit
+def _union(scratch, k):
+    """Lines in the union of the intervals scratch[:k] (intervals.union_size_small's sweep)."""
+    if k == 0:
+        return 0
+    order = np.argsort(scratch[:k, 0])
+    total, reach = 0, np.int64(-1)
+    for j in order:
+        lo, hi = scratch[j, 0], scratch[j, 1]
+        if reach >= 0:
+            lo = max(lo, reach)
+        if hi > lo:
+            total += hi - lo
+            reach = hi
+    return total
+
+
+@jit
+def map_extent(a, st, g, m, n, levels, attrs, scratch, op):
+    """map_one's writes and counts for an extent check_map took; op (int64, ST_LEN) gets
+    this call's counts. Beyond smallcall.MAX_PAGES the table takes the vectorized path, which
+    makes the same tables in another order: per leaf level, every missing table of a level
+    (by prefix) before those of the next (BulkPath._tables); so does this."""
+    runs = _leaf_runs(g, g + n, m - g, levels)
+    k, disjoint = 0, 0
+    for level, lo, hi in runs:
+        shift = ENTRIES_SHIFT * (LAST_LEVEL - level)
+        gs, ge = lo >> shift, hi >> shift
+        t0, t1 = _tables(level, a.start_level, gs, ge)
+        if n > MAX_PAGES:
+            for tl in range(a.start_level + 1, level + 1):
+                up = ENTRIES_SHIFT * (level - tl)
+                for t in range(t0 >> up, ((t1 - 1) >> up) + 1):
+                    _, k = _table(a, st, tl, t, scratch, k, op)
+        step = np.uint64(_level_pages(level) * GRANULE)
+        leaf = np.uint64(attrs) | np.uint64(d.DESC_PAGE if level == LAST_LEVEL else d.DESC_BLOCK)
+        for t in range(t0, t1):
+            page, k = _table(a, st, level, t, scratch, k, op)
+            s, e = _segment(a, level, t, gs, ge)
+            first = (t << ENTRIES_SHIFT) + s if level != a.start_level else s
+            out = np.uint64(((first << shift) + m - g) << GRANULE_SHIFT)
+            base = page * ENTRIES
+            for i in range(s, e):
+                a.mem[base + i] = (leaf | out) + np.uint64(i - s) * step
+            lines = (e - 1) // ENTRIES_PER_LINE - s // ENTRIES_PER_LINE + 1
+            if level == LAST_LEVEL:        # level-3 tables hold no table descriptors
+                disjoint += lines
+            else:
+                first_line = page * LINES_PER_TABLE + s // ENTRIES_PER_LINE
+                scratch[k, 0] = first_line
+                scratch[k, 1] = first_line + lines
+                k += 1
+            op[DESCS] += e - s
+            if level == a.start_level:     # concatenated roots: the slots may span root pages
+                for i in range(s, e):
+                    a.used[i // ENTRIES] += 1
+            else:
+                a.used[page] += e - s
+    op[LINES] += disjoint + _union(scratch, k)
+    op[MAPPED] += n
+
+
+@jit
+def check_unmap(a, g, n, p2m_slots):
+    """Whether unmap_one would take these pages: no block on the way; with p2m_slots, also
+    (the P2M's one-call path) every non-empty slot a page leaf."""
+    for t in range(g >> ENTRIES_SHIFT, ((g + n - 1) >> ENTRIES_SHIFT) + 1):
+        page = find(a, LAST_LEVEL, t)
+        if page == LEAF:
+            return False
+        if p2m_slots and page >= 0 and a.used[page]:
+            s, e = _segment(a, LAST_LEVEL, t, g, g + n)
+            for i in range(page * ENTRIES + s, page * ENTRIES + e):
+                if a.mem[i] != 0 and a.mem[i] & _TYPE_MASK != d.DESC_PAGE:
+                    return False
+    return True
+
+
+@jit
+def unmap_pages(a, g, n, op, limit):
+    """unmap_one's writes and counts for pages check_unmap took. Returns (live slots cleared whose
+    frame was 0, Xen's counter quirk in p2m_stats; live slots cleared below page `limit`)."""
+    zero, below = 0, 0
+    for t in range(g >> ENTRIES_SHIFT, ((g + n - 1) >> ENTRIES_SHIFT) + 1):
+        page = find(a, LAST_LEVEL, t)
+        if page < 0 or not a.used[page]:
+            continue
+        s, e = _segment(a, LAST_LEVEL, t, g, g + n)
+        live, lines, last_line = 0, 0, -1
+        for i in range(s, e):
+            desc = a.mem[page * ENTRIES + i]
+            if desc != 0:
+                live += 1
+                if (desc & _OA) >> GRANULE_SHIFT == 0:
+                    zero += 1
+                if (t << ENTRIES_SHIFT) + i < limit:
+                    below += 1
+                if i // ENTRIES_PER_LINE != last_line:
+                    lines += 1
+                    last_line = i // ENTRIES_PER_LINE
+                a.mem[page * ENTRIES + i] = 0
+        if not live:
+            continue
+        a.used[page] -= live
+        op[LINES] += lines
+        op[DESCS] += live
+        op[UNMAPPED] += live
+    return zero, below
+
+
+@jit
+def merge(a, st, op):
+    """Add one call's counts (then cleared) to the running totals, and its tables to the peak
+    (pool.record)."""
+    allocated = 0
+    for lvl in range(LAST_LEVEL + 1):
+        allocated += op[ALLOC + lvl]
+    if allocated:
+        st[PEAK] = max(st[PEAK], st[TOP] - (len(a.free) - st[FREE_POS]))
+    for i in range(DESCS, ST_LEN):
+        st[i] += op[i]
+        op[i] = 0

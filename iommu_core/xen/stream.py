@@ -1,0 +1,306 @@
+"""A real Xen's call log replayed fast: the calls run one by one in a compiled loop.
+
+`replay_calls` gives the state that applying each call in turn gives
+(xenlog.apply_call, then UnsharedIommu.follow, then invariant.check): the same
+tables byte for byte, the same engine totals, Xen's counters and the IOMMU's
+counts and latency sums. Calls of the shapes that make nearly all of a domU
+build (a map over empty slots, a removal of page leaves) run in the compiled
+loop (pgtable/kernel.py); any other call runs through the Python path, between
+two stretches of the loop. The loop follows only the `per-page` API with the
+4.12 flush rule (UnsharedIommu.syncs), the API of `eager`; the mirror of any
+other API replays through the Python path.
+
+The loop's rules are those of the Python path and cite nothing of their own:
+the P2M's one-call path (P2M._set_pages) and its Xen counters (p2m_stats), the
+IOMMU's map, unmap, _account and syncs (iommu.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..compiled import jit
+from ..pgtable import kernel as kn
+from ..pgtable.accounting import LINES_PER_TABLE
+from ..pgtable.descriptors import DESC_TYPE_MASK, MEMTYPE_NAMES, OA_MASK_48, PERM_NAMES, SW_MASK, SW_SHIFT
+from ..pgtable.format import ENTRIES, ENTRIES_SHIFT, GRANULE_SHIFT, LAST_LEVEL
+from ..pgtable.smallcall import MAX_PAGES
+from ..xenlog import CallLog, apply_call
+from . import invariant
+from .iommu import UnsharedIommu
+from .p2m import P2M
+from .p2m_types import CODE, DMA_PERM_BY_CODE, MEMTYPE_BY_CODE, MEMTYPE_NAME_BY_CODE, PERM_NAME_BY_CODE
+
+DONE, PYTHON, GROW_P2M, GROW_IOMMU, MISMATCH = range(5)    # why the loop stopped
+# IOMMU counts the loop keeps (IommuCounts' fields, and each latency's n)
+CALLS, INVALIDATIONS, CLEANS, DESCS, TABLES, PAGES_MAPPED, PAGES_UNMAPPED, UNREACHABLE, MAP_N, UNMAP_N = range(10)
+COUNT_FIELDS = ("calls", "invalidations", "cache_lines_cleaned", "descriptors_written", "tables_allocated",
+                "pages_mapped", "pages_unmapped", "unreachable_pages")
+# costs, in this order, and the latency sums (map total, map squares, unmap total, unmap squares)
+MAP_CALL, UNMAP_CALL, INV, CLEAN, ALLOC_NS = range(5)
+_INVALID = CODE["invalid"]
+_TYPE = DESC_TYPE_MASK
+
+
+def _attrs(pt, perm_names, memtype_names, sw) -> np.ndarray:
+    """Leaf attribute bits per type code (-1 where the format cannot hold the permission)."""
+    out = np.full(len(perm_names), -1, np.int64)
+    for c, (perm, memtype) in enumerate(zip(perm_names, memtype_names)):
+        if str(perm) in pt.perms:
+            out[c] = pt.leaf_attrs(str(perm), str(memtype), int(sw[c]))
+    return out
+
+
+def _iommu_attrs(pt) -> np.ndarray:
+    """The IOMMU leaf's attribute bits per P2M type code (UnsharedIommu.map: the type's DMA
+    permission and memory type, sw 0), -1 for a type no device may reach."""
+    dma = DMA_PERM_BY_CODE[: len(PERM_NAME_BY_CODE)]
+    attrs = _attrs(pt, [PERM_NAMES[int(x)] for x in dma], [MEMTYPE_NAMES[int(x)] for x in
+                   MEMTYPE_BY_CODE[: len(dma)]], np.zeros(len(dma), np.int64))
+    return np.where(dma == 0, -1, attrs)
+
+
+@jit
+def _account(ic, lat, cost, op, pages, unmap):
+    """UnsharedIommu._account of one per-page call: its counts and its latency sums."""
+    tables = 0
+    for lvl in range(LAST_LEVEL + 1):
+        tables += op[kn.ALLOC + lvl]
+    clean_ns = cost[CLEAN]
+    ic[CALLS] += pages
+    ic[CLEANS] += 0 if clean_ns < 0 else op[kn.DESCS] + tables * LINES_PER_TABLE
+    ic[DESCS] += op[kn.DESCS]
+    ic[TABLES] += tables
+    clean_ns = max(clean_ns, 0.0)                  # < 0 marks a coherent walker: nothing cleaned
+    call_ns = cost[UNMAP_CALL] if unmap else cost[MAP_CALL]
+    inv_ns = cost[INV] if unmap else 0.0
+    alloc_ns = tables * (cost[ALLOC_NS] + LINES_PER_TABLE * clean_ns)
+    each = call_ns + clean_ns + inv_ns + (alloc_ns / pages if pages else 0.0)
+    j = 2 if unmap else 0
+    ic[UNMAP_N if unmap else MAP_N] += pages
+    lat[j] += pages * each
+    lat[j + 1] += pages * each * each
+
+
+@jit
+def _leaf(a, page):
+    """(descriptor, level) of the leaf mapping `page`, or (0, 0)."""
+    flat = page >> (ENTRIES_SHIFT * (LAST_LEVEL - a.start_level))
+    for lvl in range(a.start_level, LAST_LEVEL + 1):
+        desc = a.mem[flat]
+        if desc == 0:
+            return np.uint64(0), 0
+        if lvl == LAST_LEVEL or desc & _TYPE != kn._TABLE:
+            return desc, lvl
+        table = ((desc & OA_MASK_48) - a.base) >> GRANULE_SHIFT
+        flat = table * ENTRIES + ((page >> (ENTRIES_SHIFT * (LAST_LEVEL - lvl - 1))) & (ENTRIES - 1))
+    return np.uint64(0), 0
+
+
+@jit
+def _same_view(p, q, g, n, dma_perm, attrs_q):
+    """Whether the IOMMU maps pages [g, g + n) exactly as the P2M's DMA view says: each page
+    with a DMA type at the same frame with the type's attributes, every other page not at all."""
+    for page in range(g, g + n):
+        pd, pl = _leaf(p, page)
+        qd, ql = _leaf(q, page)
+        code = (pd >> SW_SHIFT) & SW_MASK if pl else 0
+        if pl == 0 or dma_perm[code] == 0:
+            if ql:
+                return False
+            continue
+        if ql == 0:
+            return False
+        frame_p = ((pd & OA_MASK_48) >> GRANULE_SHIFT) + (page & ((1 << (ENTRIES_SHIFT * (LAST_LEVEL - pl))) - 1))
+        frame_q = ((qd & OA_MASK_48) >> GRANULE_SHIFT) + (page & ((1 << (ENTRIES_SHIFT * (LAST_LEVEL - ql))) - 1))
+        attrs = qd & ~np.uint64(OA_MASK_48) & ~np.uint64(_TYPE)
+        if frame_p != frame_q or attrs != np.uint64(attrs_q[code]):
+            return False
+    return True
+
+
+@jit
+def _run(k0, k1, gfn, mfn, nr, code, p, pst, p_bounds, p_levels, p_attrs, deficit,
+         mirror, q, qst, q_bounds, q_levels, q_attrs, dma_perm, ic, lat, cost, check, scratch, op, out):
+    """Calls [k0, k1) of one domain, in turn, until one the loop cannot take exactly: returns
+    (k, why); out[0] = the tables a GROW needs."""
+    p_ia, p_oa = p_bounds[0], p_bounds[1]
+    q_ia, q_oa = q_bounds[0], q_bounds[1]
+    for k in range(k0, k1):
+        g, m, n, c = gfn[k], mfn[k], nr[k], code[k]
+        removing = c == _INVALID
+        if not (0 < n and g >= 0 and m >= 0 and g + n <= p_ia and m + n <= p_oa):
+            return k, PYTHON
+        # -- can both sides take it as it is? (nothing is written before both say yes)
+        p_need, q_need = 0, 0
+        if removing:
+            runs = kn._leaf_runs(g, g + n, 0, p_levels)
+            if n > MAX_PAGES or len(runs) != 1 or runs[0][0] != LAST_LEVEL or not kn.check_unmap(p, g, n, True):
+                return k, PYTHON
+        else:
+            if p_attrs[c] < 0:
+                return k, PYTHON
+            p_need = kn.check_map(p, g, m, n, p_levels)
+            if p_need < 0:
+                return k, PYTHON
+        nq = min(n, max(q_ia - g, 0))
+        dma = mirror and not removing and dma_perm[c] != 0
+        if mirror and removing and nq > 0:
+            if nq > MAX_PAGES or not kn.check_unmap(q, g, nq, False):
+                return k, PYTHON
+        if dma and nq > 0:
+            if q_attrs[c] < 0 or m + nq > q_oa:
+                return k, PYTHON
+            q_need = kn.check_map(q, g, m, nq, q_levels)
+            if q_need < 0:
+                return k, PYTHON
+        if not kn.fits(p, pst, p_need):
+            out[0] = p_need
+            return k, GROW_P2M
+        if mirror and not kn.fits(q, qst, q_need):
+            out[0] = q_need
+            return k, GROW_IOMMU
+        # -- the P2M, and Xen's counters: a removal of a frame-0 entry is not counted down
+        below = 0
+        if removing:
+            zero, below = kn.unmap_pages(p, g, n, op, q_ia)
+            deficit[LAST_LEVEL] -= zero
+        else:
+            kn.map_extent(p, pst, g, m, n, p_levels, p_attrs[c], scratch, op)
+        kn.merge(p, pst, op)
+        if not mirror:
+            continue
+        # -- the IOMMU follows: unmap, or map what DMA may reach; per-page syncs per live leaf removed
+        if removing and nq > 0:
+            kn.unmap_pages(q, g, nq, op, 0)
+            ic[PAGES_UNMAPPED] += op[kn.UNMAPPED]
+            _account(ic, lat, cost, op, nq, True)
+            kn.merge(q, qst, op)
+        elif dma:
+            ic[UNREACHABLE] += n - nq
+            if nq > 0:
+                kn.map_extent(q, qst, g, m, nq, q_levels, q_attrs[c], scratch, op)
+                ic[PAGES_MAPPED] += nq
+                _account(ic, lat, cost, op, nq, False)
+                kn.merge(q, qst, op)
+        ic[INVALIDATIONS] += below
+        if check and nq > 0 and not _same_view(p, q, g, nq, dma_perm, q_attrs):
+            return k + 1, MISMATCH
+    return k1, DONE
+
+
+def compiled_api(iommu) -> bool:
+    """Whether the loop follows this IOMMU's API (the per-page one); otherwise it is mirrored
+    through the Python path."""
+    return iommu is None or (isinstance(iommu, UnsharedIommu) and iommu.rule.per_page_calls)
+
+
+def replay_calls(log: CallLog, p2ms: dict[int, P2M], iommus: dict[int, UnsharedIommu] | None,
+                 make_iommu=None, check: bool = False, p2m_format: str = "p2m-s2-40",
+                 start: int = 0, stop: int | None = None) -> int:
+    """Apply calls [start, stop) of the log as apply_call would, one by one, to a P2M per domain
+    (made on its first call); with `iommus`, each domain's IOMMU (made by make_iommu()) follows
+    every call, and with `check` the invariant is checked after each. Returns the calls run."""
+    stop = len(log) if stop is None else min(stop, len(log))
+    k = start
+    while k < stop:
+        d = int(log.domid[k])
+        end = _domain_run_end(log, k, stop)
+        if d not in p2ms:
+            p2ms[d] = P2M(p2m_format)
+        iommu = None
+        if iommus is not None:
+            iommu = iommus.get(d)
+            if iommu is None:
+                iommu = iommus[d] = make_iommu()
+        k = _domain_run(log, d, k, end, p2ms[d], iommu, check) if compiled_api(iommu) else \
+            _python_run(log, d, k, end, p2ms, iommu, check)
+    return stop - start
+
+
+def _domain_run_end(log: CallLog, k: int, stop: int) -> int:
+    other = np.flatnonzero(log.domid[k:stop] != log.domid[k])
+    return k + int(other[0]) if len(other) else stop
+
+
+def _python_call(log, k, p2ms, iommu, check) -> None:
+    d, change = apply_call(log, k, p2ms, p2ms[int(log.domid[k])].fmt.name)
+    if iommu is not None:
+        iommu.follow(change)
+        if check:
+            invariant.check(f"dom{d}", iommu, p2ms[d], change.touched)
+
+
+def _python_run(log, d, k, end, p2ms, iommu, check) -> int:
+    for j in range(k, end):
+        _python_call(log, j, p2ms, iommu, check)
+    return end
+
+
+class _Side:
+    """One table's kernel view, taken afresh after any Python call (which may move its arrays)."""
+
+    def __init__(self, pt):
+        self.pt = pt
+        self.a, self.st = kn.arrays(pt)
+
+    def back(self):
+        kn.write_back(self.pt, self.st)
+
+
+def _domain_run(log, d, k, end, p2m: P2M, iommu: UnsharedIommu | None, check: bool) -> int:
+    p_levels = tuple(p2m.fmt.leaf_levels)
+    p_attrs = _attrs(p2m.pt, PERM_NAME_BY_CODE, MEMTYPE_NAME_BY_CODE, np.arange(len(PERM_NAME_BY_CODE)))
+    mirror = iommu is not None
+    q_pt = iommu.pt if mirror else p2m.pt                  # a stand-in the loop never touches
+    q_levels = (LAST_LEVEL,) if not mirror or iommu.rule.leaf == "4k" else tuple(q_pt.fmt.leaf_levels)
+    q_attrs = _iommu_attrs(q_pt) if mirror else p_attrs
+    dma_perm = DMA_PERM_BY_CODE.astype(np.int64)
+    if mirror:
+        c = iommu.costs
+        cost = np.array([c.map_call_ns, c.unmap_call_ns, c.iotlb_inv_ns,
+                         -1.0 if q_pt.fmt.coherent_walk else c.cache_clean_line_ns, c.table_alloc_ns])
+    else:
+        cost = np.zeros(5)
+    bounds = lambda pt: np.array([pt.fmt.ia_pages, pt.fmt.oa_pages], np.int64)
+    scratch = np.zeros((kn.MAX_INTERVALS, 2), np.int64)
+    op = np.zeros(kn.ST_LEN, np.int64)
+    out = np.zeros(1, np.int64)
+    while k < end:
+        p = _Side(p2m.pt)
+        q = _Side(q_pt)
+        deficit = np.zeros(LAST_LEVEL + 1, np.int64)
+        ic = np.zeros(10, np.int64)
+        lat = np.zeros(4)
+        if mirror:
+            ml, ul = iommu.counts.map_latency, iommu.counts.unmap_latency
+            lat[:] = (ml.total, ml.squares, ul.total, ul.squares)
+        k, why = _run(k, end, log.gfn, log.mfn, log.nr, log.type, p.a, p.st, bounds(p2m.pt), p_levels, p_attrs,
+                      deficit, mirror, q.a, q.st, bounds(q_pt), q_levels, q_attrs, dma_perm, ic, lat, cost,
+                      check and mirror, scratch, op, out)
+        p.back()
+        p2m.xen.deficit += deficit
+        if mirror:
+            q.back()
+            _count(iommu, ic, lat)
+        if why == PYTHON:
+            _python_call(log, k, {d: p2m}, iommu, check)
+            k += 1
+        elif why in (GROW_P2M, GROW_IOMMU):
+            pool = (p2m.pt if why == GROW_P2M else q_pt).pool
+            pool._grow(pool.top + int(out[0]))
+        elif why == MISMATCH:
+            touched = (np.array([log.gfn[k - 1]]), np.array([log.gfn[k - 1] + log.nr[k - 1]]))
+            invariant.check(f"dom{d}", iommu, p2m, touched)
+            raise RuntimeError(f"call {k - 1}: the compiled invariant check and invariant.check disagree")
+    return k
+
+
+def _count(iommu: UnsharedIommu, ic: np.ndarray, lat: np.ndarray) -> None:
+    c = iommu.counts
+    for i, name in enumerate(COUNT_FIELDS):
+        setattr(c, name, getattr(c, name) + int(ic[i]))
+    c.map_latency.n += int(ic[MAP_N])
+    c.unmap_latency.n += int(ic[UNMAP_N])
+    c.map_latency.total, c.map_latency.squares, c.unmap_latency.total, c.unmap_latency.squares = \
+        (float(x) for x in lat)

@@ -1,0 +1,151 @@
+"""The compiled stream replay (xen/stream.py) against the calls applied one by one
+(xenlog.apply_call, UnsharedIommu.follow, invariant.check): random streams, the captured one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from iommu_core.scenarios.files import XEN_CAPTURE
+from iommu_core.xen import invariant, stream
+from iommu_core.xen.iommu import UnsharedIommu
+from iommu_core.xen.p2m_types import CODE
+from iommu_core.xenlog import CallLog, apply_call, read_capture
+
+IOMMU_PAGES = 1 << 27           # the 39-bit IPMMU's reach, in pages
+TYPES = [CODE[t] for t in ("invalid", "invalid", "ram_rw", "ram_ro", "mmio_direct_dev", "mmio_direct_c",
+                           "map_foreign_rw", "grant_map_ro")]
+
+
+def make_log(calls) -> CallLog:
+    cols = list(zip(*calls))
+    n = len(calls)
+    arr = lambda c: np.array(c, np.int64)
+    return CallLog(Path("random"), arr(range(n)), arr(cols[0]), arr(cols[1]), arr(cols[2]),
+                   np.where(arr(cols[4]) == 0, 0, arr(cols[3])), arr(cols[4]), ["r"] * n, [""] * n, ["p"] * n)
+
+
+@st.composite
+def streams(draw):
+    """Calls that meet and overlap: a few windows (one across the IPMMU's reach), lengths
+    that cross tables and 2 MiB blocks, removals, remaps, two domains."""
+    window = draw(st.sampled_from([0, 512 * 7, IOMMU_PAGES - 600]))
+    call = st.tuples(
+        st.sampled_from([0, 0, 0, 1]),
+        st.one_of(st.integers(0, 2047), st.integers(0, 3).map(lambda k: k * 512)).map(lambda g: window + g),
+        st.sampled_from([1, 1, 1, 2, 3, 9, 511, 512, 600, 1024, 5000]),
+        st.integers(0, 1 << 20).map(lambda m: m & ~0x1FF if m & 1 else m),
+        st.sampled_from(TYPES))
+    return draw(st.lists(call, min_size=1, max_size=40))
+
+
+def one_by_one(log, api="per-page", check=False):
+    p2ms, iommus = {}, {}
+    for k in range(len(log)):
+        d, change = apply_call(log, k, p2ms, "p2m-s2-40")
+        iommu = iommus.setdefault(d, UnsharedIommu("ipmmu-s1-39", api))
+        iommu.follow(change)
+        if check:
+            invariant.check(f"dom{d}", iommu, p2ms[d], change.touched)
+    return p2ms, iommus
+
+
+def compiled(log, api="per-page", check=False, mirror=True):
+    p2ms, iommus = {}, {} if mirror else None
+    stream.replay_calls(log, p2ms, iommus, lambda: UnsharedIommu("ipmmu-s1-39", api), check=check)
+    return p2ms, iommus
+
+
+def table_state(pt) -> tuple:
+    pool = pt.pool
+    top = pool.top
+    return (pool.mem[:top].tobytes(), pool.used[:top].tobytes(), pool.level[:top].tobytes(),
+            pool.prefix[:top].tobytes(), top, pool._free.tolist(), list(pool._live), pool.stats())
+
+
+def assert_same(a, b) -> None:
+    (p1, i1), (p2, i2) = a, b
+    assert sorted(p1) == sorted(p2)
+    for d in p1:
+        assert table_state(p1[d].pt) == table_state(p2[d].pt), f"dom{d}: P2M tables or engine totals differ"
+        assert p1[d].xen_counters() == p2[d].xen_counters()
+        if i2 is not None:
+            assert table_state(i1[d].pt) == table_state(i2[d].pt), f"dom{d}: IOMMU tables differ"
+            assert i1[d].counts == i2[d].counts          # every count and the latency sums, bit for bit
+
+
+def calls_ok(calls) -> bool:
+    """Whether the one-by-one path takes every call (the generator may draw one out of range)."""
+    try:
+        one_by_one(make_log(calls))
+    except ValueError:
+        return False
+    return True
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams())
+def test_random_streams_replay_as_one_by_one(calls):
+    log = make_log(calls)
+    try:
+        want = one_by_one(log)
+    except ValueError:
+        with pytest.raises(ValueError):
+            compiled(log)
+        return
+    assert_same(want, compiled(log))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams())
+def test_p2m_alone_and_checked_replays_agree(calls):
+    log = make_log(calls)
+    try:
+        want = one_by_one(log, check=True)
+    except ValueError:
+        return
+    assert_same(want, compiled(log, check=True))
+    p2ms, _ = compiled(log, mirror=False)
+    assert_same((want[0], None), (p2ms, None))
+
+
+def test_other_apis_replay_through_python():
+    calls = [(0, 5, 1, 9, CODE["ram_rw"]), (0, 5, 1, 0, CODE["invalid"]), (0, 0, 512, 1024, CODE["ram_rw"])]
+    log = make_log(calls)
+    assert_same(one_by_one(log, api="batched"), compiled(log, api="batched"))
+
+
+def test_the_captured_stream_replays_as_one_by_one():
+    log = read_capture(XEN_CAPTURE)
+    assert_same(one_by_one(log), compiled(log))
+
+
+def _views_agree(p2m, iommu, gfn, n) -> bool:
+    q_attrs = stream._iommu_attrs(iommu.pt)
+    return stream._same_view(stream.kn.arrays(p2m.pt)[0], stream.kn.arrays(iommu.pt)[0], gfn, n,
+                             stream.DMA_PERM_BY_CODE.astype(np.int64), q_attrs)
+
+
+@pytest.mark.parametrize("corrupt", ["moved", "lost", "extra", "read-only"])
+def test_the_compiled_check_sees_what_invariant_check_sees(corrupt):
+    log = make_log([(0, 40, 4, 100, CODE["ram_rw"]), (0, 600, 2, 0, CODE["mmio_direct_c"])])
+    p2ms, iommus = compiled(log, check=True)
+    p2m, iommu = p2ms[0], iommus[0]
+    assert _views_agree(p2m, iommu, 0, 1024)
+    pt = iommu.pt
+    if corrupt in ("moved", "lost", "read-only"):
+        pt.unmap(42 * 4096, 1)
+    if corrupt == "moved":
+        pt.map(42 * 4096, 999 * 4096, 1)
+    if corrupt == "read-only":
+        pt.map(42 * 4096, 102 * 4096, 1, perm="r")
+    if corrupt == "extra":
+        pt.map(44 * 4096, 7 * 4096, 1)
+    assert not _views_agree(p2m, iommu, 40, 8)
+    with pytest.raises(invariant.InvariantError):
+        invariant.check("dom0", iommu, p2m, (np.array([40]), np.array([48])))
+    assert _views_agree(p2m, iommu, 0, 40) and _views_agree(p2m, iommu, 48, 1000)
