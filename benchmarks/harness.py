@@ -135,9 +135,9 @@ def stream(args) -> None:
     log = streams.captured_log()
     rates = {}
     for mode in args.modes:
-        rates[mode] = streams.calls_per_second(log, mode, args.calls)
+        rates[mode] = streams.calls_per_second(log, mode, args.calls, args.path)
         target = STREAM_TARGETS.get(mode)
-        print(f"{mode:12s} {args.calls:>10,} calls  {rates[mode]:12,.0f} calls/s"
+        print(f"{mode:12s} {args.path:8s} {args.calls:>10,} calls  {rates[mode]:12,.0f} calls/s"
               + (f"   target >= {target:,}" if target else ""), flush=True)
     if "iommu" in rates and "iommu+check" in rates:
         print(f"invariant on / off: {rates['iommu'] / rates['iommu+check']:.2f}x slower   "
@@ -194,6 +194,9 @@ def main(argv=None) -> None:
                    help="calls per mode: the capture (33,353 calls) repeated as often as it takes (default 1,000,000)")
     r.add_argument("--modes", nargs="+", choices=streams.MODES, default=list(streams.MODES),
                    help="which replays to time (default: all; benchmarks/stream.py says what each keeps)")
+    r.add_argument("--path", choices=streams.PATHS, default="compiled",
+                   help="compiled: the compiled loop (xen/stream.py, the default); python: the calls applied "
+                        "one by one, its oracle (about 15,000 calls/s: use --calls 100000)")
     r.set_defaults(run=stream)
     b = areas.add_parser("bigsweep", help="a big grid's driver memory against a 100-cell grid's (a 3-node Ray)")
     b.add_argument("--cells", type=positive_int, default=10_000,

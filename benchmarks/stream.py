@@ -5,6 +5,9 @@ Three ways, each on a fresh P2M per domain per repetition of the stream:
   iommu          each change mirrored into an unshared IPMMU table per domain, as `eager` with the
                  per-page API does (every domain has one and holds a context), every counter kept;
   iommu+check    the same with the invariant checked after every call (IOMMU view == P2M DMA view).
+
+Two paths: `compiled` (xen/stream.replay_calls, the default) and `python`, the calls applied one
+by one (apply_call, follow, invariant.check), which the compiled path must equal bit for bit.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from __future__ import annotations
 import time
 
 from iommu_core.scenarios.files import XEN_CAPTURE
-from iommu_core.xen import invariant
+from iommu_core.xen import invariant, stream
 from iommu_core.xen.iommu import UnsharedIommu
 from iommu_core.xenlog import CallLog, apply_call, read_capture
 
 MODES = ("p2m", "iommu", "iommu+check")
+PATHS = ("compiled", "python")
 P2M_FORMAT = "p2m-s2-40"            # the captured Xen's (40-bit IPA)
 IOMMU_FORMAT = "ipmmu-s1-39"
 
@@ -25,11 +29,20 @@ def captured_log() -> CallLog:
     return read_capture(XEN_CAPTURE)
 
 
-def replay(log: CallLog, mode: str, calls: int | None = None) -> int:
+def new_iommu() -> UnsharedIommu:
+    return UnsharedIommu(IOMMU_FORMAT, "per-page")
+
+
+def replay(log: CallLog, mode: str, calls: int | None = None, path: str = "compiled") -> int:
     """Replay the first `calls` calls of the log (all by default); returns how many ran."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {list(MODES)}")
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}; choose from {list(PATHS)}")
     n = len(log) if calls is None else min(calls, len(log))
+    if path == "compiled":
+        return stream.replay_calls(log, {}, None if mode == "p2m" else {}, new_iommu,
+                                   check=mode == "iommu+check", p2m_format=P2M_FORMAT, stop=n)
     p2ms, iommus = {}, {}
     for k in range(n):
         d, change = apply_call(log, k, p2ms, P2M_FORMAT)
@@ -37,17 +50,20 @@ def replay(log: CallLog, mode: str, calls: int | None = None) -> int:
             continue
         iommu = iommus.get(d)
         if iommu is None:
-            iommu = iommus[d] = UnsharedIommu(IOMMU_FORMAT, "per-page")
+            iommu = iommus[d] = new_iommu()
         iommu.follow(change)
         if mode == "iommu+check":
             invariant.check(f"dom{d}", iommu, p2ms[d], change.touched)
     return n
 
 
-def calls_per_second(log: CallLog, mode: str, calls: int) -> float:
+def calls_per_second(log: CallLog, mode: str, calls: int, path: str = "compiled") -> float:
     """Wall-clock rate of `calls` calls: the stream replayed whole as often as it takes, each
-    repetition on fresh tables, and then the part of it that remains."""
+    repetition on fresh tables, and then the part of it that remains. The compiled path is
+    loaded (or compiled) first, outside the clock."""
+    if path == "compiled":
+        replay(log, mode, 100, path)
     start, done = time.perf_counter(), 0
     while done < calls:
-        done += replay(log, mode, calls - done)
+        done += replay(log, mode, calls - done, path)
     return done / (time.perf_counter() - start)

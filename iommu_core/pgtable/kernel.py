@@ -23,6 +23,7 @@ import numpy as np
 
 from ..compiled import compiled, jit
 from . import descriptors as d
+from .accounting import LINES_PER_TABLE
 from .format import ENTRIES, ENTRIES_PER_LINE, ENTRIES_SHIFT, GRANULE, GRANULE_SHIFT, LAST_LEVEL, level_pages
 from .smallcall import MAX_PAGES, leaf_runs
 
@@ -31,14 +32,13 @@ TOP, FREE_POS, PEAK, DESCS, LINES, MAPPED, UNMAPPED, CALLS = range(8)
 ALLOC = 8                  # ALLOC + level: tables allocated at that level
 ST_LEN = ALLOC + LAST_LEVEL + 1
 MISSING, LEAF = -1, -2     # what find() gives for a table that is absent, or under a leaf
-LINES_PER_TABLE = ENTRIES // ENTRIES_PER_LINE
 MAX_INTERVALS = 4096       # line intervals one call may collect (scratch rows); a bigger call is refused
 
 
-_leaf_runs = compiled(leaf_runs)
+compiled_leaf_runs = compiled(leaf_runs)
 _level_pages = compiled(level_pages)
 _TYPE_MASK = d.DESC_TYPE_MASK
-_TABLE = d.DESC_TABLE
+TABLE = d.DESC_TABLE
 _OA = d.OA_MASK_48
 
 
@@ -57,32 +57,19 @@ def arrays(pt) -> tuple[Arrays, np.ndarray]:
     """A table's pool as the kernel takes it, and a fresh `st`."""
     pool = pt.pool
     # Fixed scalar types, so one compiled version serves every format (stage 1's NSTable is bit 63).
-    a = Arrays(pool.flat, pool.used, pool.level, pool.prefix, pool._free, np.int64(pool.base),
+    a = Arrays(pool.flat, pool.used, pool.level, pool.prefix, pool.free_pages, np.int64(pool.base),
                np.uint64(pt.table_bits), np.int64(pt.fmt.start_level))
     st = np.zeros(ST_LEN, np.int64)
-    st[TOP], st[PEAK] = pool.top, pool._peak_pages
+    st[TOP], st[PEAK] = pool.top, pool.peak_pages
     return a, st
 
 
 def write_back(pt, st: np.ndarray) -> None:
-    """Hand the pool what the kernel changed besides its arrays: the top, the free list, the
-    live tables, the totals and the peak (as pool.record would have, call by call)."""
-    pool = pt.pool
-    pool.top = int(st[TOP])
-    pool._free = pool._free[int(st[FREE_POS]):]
-    allocated = st[ALLOC:ALLOC + LAST_LEVEL + 1]
-    if allocated.any():
-        pool.generation += 1               # tables came: the walk cache is stale
-        per_level = pool._totals_by_level["tables_allocated"]
-        for lvl in range(LAST_LEVEL + 1):
-            pool._live[lvl] += int(allocated[lvl])
-            per_level[lvl] += int(allocated[lvl])
-    totals = pool._totals
-    for key, i in (("descriptors_written", DESCS), ("cache_lines_written", LINES), ("pages_mapped", MAPPED),
-                   ("pages_unmapped", UNMAPPED)):
-        totals[key] += int(st[i])
-    totals["tables_allocated"] += int(allocated.sum())
-    pool._peak_pages = max(pool._peak_pages, int(st[PEAK]))
+    """Hand the pool what the kernel changed besides its arrays (TablePool.absorb)."""
+    totals = {key: int(st[i]) for key, i in (("descriptors_written", DESCS), ("cache_lines_written", LINES),
+                                             ("pages_mapped", MAPPED), ("pages_unmapped", UNMAPPED))}
+    pt.pool.absorb(int(st[TOP]), int(st[FREE_POS]), [int(x) for x in st[ALLOC:ALLOC + LAST_LEVEL + 1]],
+                   totals, int(st[PEAK]))
 
 
 @jit
@@ -93,7 +80,7 @@ def find(a, level, t):
         tl = t >> (ENTRIES_SHIFT * (level - lvl))
         flat = tl if lvl - 1 == a.start_level else page * ENTRIES + (tl & (ENTRIES - 1))
         desc = a.mem[flat]
-        if desc & _TYPE_MASK == _TABLE:
+        if desc & _TYPE_MASK == TABLE:
             page = ((desc & _OA) - a.base) >> GRANULE_SHIFT
         elif desc != 0:
             return LEAF
@@ -123,7 +110,7 @@ def _tables(level, start_level, lo_entry, hi_entry):
 def check_map(a, g, m, n, levels):
     """Whether map_one would take this extent as it is (empty slots, no leaf on the way), and
     how many tables it may allocate (-1: refused)."""
-    runs = _leaf_runs(g, g + n, m - g, levels)
+    runs = compiled_leaf_runs(g, g + n, m - g, levels)
     need, segments = 0, 0
     for level, lo, hi in runs:
         shift = ENTRIES_SHIFT * (LAST_LEVEL - level)
@@ -178,7 +165,7 @@ def _table(a, st, level, t, scratch, k, op):
         tl = t >> (ENTRIES_SHIFT * (level - lvl))
         flat = tl if lvl - 1 == a.start_level else page * ENTRIES + (tl & (ENTRIES - 1))
         desc = a.mem[flat]
-        if desc & _TYPE_MASK == _TABLE:
+        if desc & _TYPE_MASK == TABLE:
             page = ((desc & _OA) - a.base) >> GRANULE_SHIFT
             continue
         page = _alloc(a, st, lvl, tl, op)
@@ -214,7 +201,7 @@ def map_extent(a, st, g, m, n, levels, attrs, scratch, op):
     this call's counts. Beyond smallcall.MAX_PAGES the table takes the vectorized path, which
     makes the same tables in another order: per leaf level, every missing table of a level
     (by prefix) before those of the next (BulkPath._tables); so does this."""
-    runs = _leaf_runs(g, g + n, m - g, levels)
+    runs = compiled_leaf_runs(g, g + n, m - g, levels)
     k, disjoint = 0, 0
     for level, lo, hi in runs:
         shift = ENTRIES_SHIFT * (LAST_LEVEL - level)

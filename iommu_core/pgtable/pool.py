@@ -136,6 +136,37 @@ class TablePool:
         self.generation += 1
         self._peak_pages = self.live_pages
 
+    # -- compiled code (kernel.py) works on the arrays themselves -----------------
+    @property
+    def free_pages(self) -> np.ndarray:
+        """Freed pages, ascending: the next tables take them first."""
+        return self._free
+
+    @property
+    def peak_pages(self) -> int:
+        return self._peak_pages
+
+    def reserve(self, tables: int) -> None:
+        """Room for `tables` more tables beyond the top, without growing mid-call."""
+        self._grow(self.top + tables)
+
+    def absorb(self, top: int, taken: int, allocated: list[int], totals: dict, peak: int) -> None:
+        """Take over what compiled code did to the arrays, as alloc and record would have: the
+        new top, `taken` pages used from the free list, the tables allocated per level, the
+        counters to add to the totals, and the peak."""
+        self.top = top
+        self._free = self._free[taken:]
+        if any(allocated):
+            self.generation += 1               # tables came: the walk cache is stale
+            per_level = self._totals_by_level["tables_allocated"]
+            for lvl, n in enumerate(allocated):
+                self._live[lvl] += n
+                per_level[lvl] += n
+        for key, n in totals.items():
+            self._totals[key] += n
+        self._totals["tables_allocated"] += sum(allocated)
+        self._peak_pages = max(self._peak_pages, peak)
+
     # -- accounting ------------------------------------------------------------
     def record(self, op: OpAccount) -> dict:
         """Add one call's counters to the totals (and the peak); return the call's result."""

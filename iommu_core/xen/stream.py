@@ -90,7 +90,7 @@ def _leaf(a, page):
         desc = a.mem[flat]
         if desc == 0:
             return np.uint64(0), 0
-        if lvl == LAST_LEVEL or desc & _TYPE != kn._TABLE:
+        if lvl == LAST_LEVEL or desc & _TYPE != kn.TABLE:
             return desc, lvl
         table = ((desc & OA_MASK_48) - a.base) >> GRANULE_SHIFT
         flat = table * ENTRIES + ((page >> (ENTRIES_SHIFT * (LAST_LEVEL - lvl - 1))) & (ENTRIES - 1))
@@ -134,7 +134,7 @@ def _run(k0, k1, gfn, mfn, nr, code, p, pst, p_bounds, p_levels, p_attrs, defici
         # -- can both sides take it as it is? (nothing is written before both say yes)
         p_need, q_need = 0, 0
         if removing:
-            runs = kn._leaf_runs(g, g + n, 0, p_levels)
+            runs = kn.compiled_leaf_runs(g, g + n, 0, p_levels)
             if n > MAX_PAGES or len(runs) != 1 or runs[0][0] != LAST_LEVEL or not kn.check_unmap(p, g, n, True):
                 return k, PYTHON
         else:
@@ -288,7 +288,7 @@ def _domain_run(log, d, k, end, p2m: P2M, iommu: UnsharedIommu | None, check: bo
             k += 1
         elif why in (GROW_P2M, GROW_IOMMU):
             pool = (p2m.pt if why == GROW_P2M else q_pt).pool
-            pool._grow(pool.top + int(out[0]))
+            pool.reserve(int(out[0]))
         elif why == MISMATCH:
             touched = (np.array([log.gfn[k - 1]]), np.array([log.gfn[k - 1] + log.nr[k - 1]]))
             invariant.check(f"dom{d}", iommu, p2m, touched)
