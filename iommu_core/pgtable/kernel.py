@@ -28,7 +28,7 @@ from .format import ENTRIES, ENTRIES_PER_LINE, ENTRIES_SHIFT, GRANULE, GRANULE_S
 from .smallcall import MAX_PAGES, leaf_runs
 
 # st: the pool's moving scalars, then totals of the calls run (added to the pool's afterwards)
-TOP, FREE_POS, PEAK, DESCS, LINES, MAPPED, UNMAPPED, CALLS = range(8)
+TOP, FREE_POS, PEAK, DESCS, LINES, MAPPED, UNMAPPED, BBM = range(8)
 ALLOC = 8                  # ALLOC + level: tables allocated at that level
 ST_LEN = ALLOC + LAST_LEVEL + 1
 MISSING, LEAF = -1, -2     # what find() gives for a table that is absent, or under a leaf
@@ -67,7 +67,8 @@ def arrays(pt) -> tuple[Arrays, np.ndarray]:
 def write_back(pt, st: np.ndarray) -> None:
     """Hand the pool what the kernel changed besides its arrays (TablePool.absorb)."""
     totals = {key: int(st[i]) for key, i in (("descriptors_written", DESCS), ("cache_lines_written", LINES),
-                                             ("pages_mapped", MAPPED), ("pages_unmapped", UNMAPPED))}
+                                             ("pages_mapped", MAPPED), ("pages_unmapped", UNMAPPED),
+                                             ("bbm_breaks", BBM))}
     pt.pool.absorb(int(st[TOP]), int(st[FREE_POS]), [int(x) for x in st[ALLOC:ALLOC + LAST_LEVEL + 1]],
                    totals, int(st[PEAK]))
 
@@ -108,21 +109,22 @@ def _tables(level, start_level, lo_entry, hi_entry):
 
 @jit
 def check_map(a, g, m, n, levels):
-    """Whether map_one would take this extent as it is (empty slots, no leaf on the way), and
-    how many tables it may allocate (-1: refused)."""
+    """Whether the table would take this extent as it is, and how: (tables it may allocate, or
+    -1 if refused; live slots it replaces). Taken: empty slots with no leaf on the way (map_one),
+    and page leaves in a level-3 extent of at most MAX_PAGES (the vectorized remap)."""
     runs = compiled_leaf_runs(g, g + n, m - g, levels)
-    need, segments = 0, 0
+    need, segments, live = 0, 0, 0
     for level, lo, hi in runs:
         shift = ENTRIES_SHIFT * (LAST_LEVEL - level)
         gs, ge = lo >> shift, hi >> shift
         t0, t1 = _tables(level, a.start_level, gs, ge)
         segments += t1 - t0
         if segments * (LAST_LEVEL + 1) > MAX_INTERVALS:
-            return -1                      # more line intervals than the scratch holds
+            return -1, 0                   # more line intervals than the scratch holds
         for t in range(t0, t1):
             page = find(a, level, t)
             if page == LEAF:
-                return -1
+                return -1, 0
             if page == MISSING:
                 need += level - a.start_level
                 continue
@@ -130,8 +132,10 @@ def check_map(a, g, m, n, levels):
             if a.used[page]:
                 for i in range(page * ENTRIES + s, page * ENTRIES + e):
                     if a.mem[i] != 0:
-                        return -1
-    return need
+                        if level != LAST_LEVEL or n > MAX_PAGES or a.mem[i] & _TYPE_MASK != d.DESC_PAGE:
+                            return -1, 0
+                        live += 1
+    return need, live
 
 
 @jit
@@ -196,18 +200,20 @@ def _union(scratch, k):
 
 
 @jit
-def map_extent(a, st, g, m, n, levels, attrs, scratch, op):
-    """map_one's writes and counts for an extent check_map took; op (int64, ST_LEN) gets
-    this call's counts. Beyond smallcall.MAX_PAGES the table takes the vectorized path, which
-    makes the same tables in another order: per leaf level, every missing table of a level
-    (by prefix) before those of the next (BulkPath._tables); so does this."""
+def map_extent(a, st, g, m, n, levels, attrs, scratch, op, breadth_first, limit, moved):
+    """The writes and counts of an extent check_map took; op (int64, ST_LEN) gets this call's
+    counts. A live page replaced is a break-before-make (BulkPath._replace); moved[0] counts
+    those that get another frame, moved[1] those of them below page `limit`.
+    Beyond smallcall.MAX_PAGES, or over live slots, the table takes the vectorized path, which
+    makes the same tables in another order than map_one: per leaf level, every missing table of
+    a level (by prefix) before those of the next (BulkPath._tables). breadth_first says which."""
     runs = compiled_leaf_runs(g, g + n, m - g, levels)
     k, disjoint = 0, 0
     for level, lo, hi in runs:
         shift = ENTRIES_SHIFT * (LAST_LEVEL - level)
         gs, ge = lo >> shift, hi >> shift
         t0, t1 = _tables(level, a.start_level, gs, ge)
-        if n > MAX_PAGES:
+        if breadth_first:
             for tl in range(a.start_level + 1, level + 1):
                 up = ENTRIES_SHIFT * (level - tl)
                 for t in range(t0 >> up, ((t1 - 1) >> up) + 1):
@@ -221,7 +227,17 @@ def map_extent(a, st, g, m, n, levels, attrs, scratch, op):
             out = np.uint64(((first << shift) + m - g) << GRANULE_SHIFT)
             base = page * ENTRIES
             for i in range(s, e):
-                a.mem[base + i] = (leaf | out) + np.uint64(i - s) * step
+                new = (leaf | out) + np.uint64(i - s) * step
+                old = a.mem[base + i]
+                if old != 0:                       # check_map allowed only level-3 pages here
+                    op[BBM] += 1
+                    op[DESCS] += 1
+                    a.used[page] -= 1              # counted again below
+                    if (old ^ new) & np.uint64(_OA):
+                        moved[0] += 1
+                        if (t << ENTRIES_SHIFT) + i < limit:
+                            moved[1] += 1
+                a.mem[base + i] = new
             lines = (e - 1) // ENTRIES_PER_LINE - s // ENTRIES_PER_LINE + 1
             if level == LAST_LEVEL:        # level-3 tables hold no table descriptors
                 disjoint += lines

@@ -4,7 +4,7 @@
 (xenlog.apply_call, then UnsharedIommu.follow, then invariant.check): the same
 tables byte for byte, the same engine totals, Xen's counters and the IOMMU's
 counts and latency sums. Calls of the shapes that make nearly all of a domU
-build (a map over empty slots, a removal of page leaves) run in the compiled
+build (a map over empty slots or over page leaves, a removal of page leaves) run in the compiled
 loop (pgtable/kernel.py); any other call runs through the Python path, between
 two stretches of the loop. The loop follows only the `per-page` API with the
 4.12 flush rule (UnsharedIommu.syncs), the API of `eager`; the mirror of any
@@ -122,6 +122,7 @@ def _same_view(p, q, g, n, dma_perm, attrs_q):
 @jit
 def _run(k0, k1, gfn, mfn, nr, code, p, pst, p_bounds, p_levels, p_attrs, deficit,
          mirror, q, qst, q_bounds, q_levels, q_attrs, dma_perm, ic, lat, cost, check, scratch, op, out):
+    moved = np.zeros(2, np.int64)
     """Calls [k0, k1) of one domain, in turn, until one the loop cannot take exactly: returns
     (k, why); out[0] = the tables a GROW needs."""
     p_ia, p_oa = p_bounds[0], p_bounds[1]
@@ -132,7 +133,7 @@ def _run(k0, k1, gfn, mfn, nr, code, p, pst, p_bounds, p_levels, p_attrs, defici
         if not (0 < n and g >= 0 and m >= 0 and g + n <= p_ia and m + n <= p_oa):
             return k, PYTHON
         # -- can both sides take it as it is? (nothing is written before both say yes)
-        p_need, q_need = 0, 0
+        p_need, q_need, p_live, q_live = 0, 0, 0, 0
         if removing:
             runs = kn.compiled_leaf_runs(g, g + n, 0, p_levels)
             if n > MAX_PAGES or len(runs) != 1 or runs[0][0] != LAST_LEVEL or not kn.check_unmap(p, g, n, True):
@@ -140,7 +141,7 @@ def _run(k0, k1, gfn, mfn, nr, code, p, pst, p_bounds, p_levels, p_attrs, defici
         else:
             if p_attrs[c] < 0:
                 return k, PYTHON
-            p_need = kn.check_map(p, g, m, n, p_levels)
+            p_need, p_live = kn.check_map(p, g, m, n, p_levels)
             if p_need < 0:
                 return k, PYTHON
         nq = min(n, max(q_ia - g, 0))
@@ -151,7 +152,7 @@ def _run(k0, k1, gfn, mfn, nr, code, p, pst, p_bounds, p_levels, p_attrs, defici
         if dma and nq > 0:
             if q_attrs[c] < 0 or m + nq > q_oa:
                 return k, PYTHON
-            q_need = kn.check_map(q, g, m, nq, q_levels)
+            q_need, q_live = kn.check_map(q, g, m, nq, q_levels)
             if q_need < 0:
                 return k, PYTHON
         if not kn.fits(p, pst, p_need):
@@ -161,12 +162,17 @@ def _run(k0, k1, gfn, mfn, nr, code, p, pst, p_bounds, p_levels, p_attrs, defici
             out[0] = q_need
             return k, GROW_IOMMU
         # -- the P2M, and Xen's counters: a removal of a frame-0 entry is not counted down
+        # a live entry given another frame is not counted up; a per-page sync for each (p2m_stats, syncs)
         below = 0
         if removing:
             zero, below = kn.unmap_pages(p, g, n, op, q_ia)
             deficit[LAST_LEVEL] -= zero
         else:
-            kn.map_extent(p, pst, g, m, n, p_levels, p_attrs[c], scratch, op)
+            moved[0], moved[1] = 0, 0
+            kn.map_extent(p, pst, g, m, n, p_levels, p_attrs[c], scratch, op, n > MAX_PAGES or p_live > 0,
+                          q_ia, moved)
+            deficit[LAST_LEVEL] += moved[0]
+            below = moved[1]
         kn.merge(p, pst, op)
         if not mirror:
             continue
@@ -179,7 +185,8 @@ def _run(k0, k1, gfn, mfn, nr, code, p, pst, p_bounds, p_levels, p_attrs, defici
         elif dma:
             ic[UNREACHABLE] += n - nq
             if nq > 0:
-                kn.map_extent(q, qst, g, m, nq, q_levels, q_attrs[c], scratch, op)
+                kn.map_extent(q, qst, g, m, nq, q_levels, q_attrs[c], scratch, op,
+                              nq > MAX_PAGES or q_live > 0, 0, moved)
                 ic[PAGES_MAPPED] += nq
                 _account(ic, lat, cost, op, nq, False)
                 kn.merge(q, qst, op)
