@@ -74,19 +74,24 @@ def write_back(pt, st: np.ndarray) -> None:
 
 
 @jit
+def _step(a, page, lvl, prefix):
+    """The slot, in the table at `page`, for the level-`lvl` table with this prefix (the root's
+    slots are numbered across its concatenated pages): (flat index, the table's page or -1)."""
+    flat = prefix if lvl - 1 == a.start_level else page * ENTRIES + (prefix & (ENTRIES - 1))
+    desc = a.mem[flat]
+    if desc & _TYPE_MASK == TABLE:
+        return flat, np.int64(((desc & _OA) - a.base) >> GRANULE_SHIFT)
+    return flat, np.int64(-1)
+
+
+@jit
 def find(a, level, t):
     """Page of the level-`level` table with prefix t (0 for the root), MISSING, or LEAF."""
     page = 0
     for lvl in range(a.start_level + 1, level + 1):
-        tl = t >> (ENTRIES_SHIFT * (level - lvl))
-        flat = tl if lvl - 1 == a.start_level else page * ENTRIES + (tl & (ENTRIES - 1))
-        desc = a.mem[flat]
-        if desc & _TYPE_MASK == TABLE:
-            page = ((desc & _OA) - a.base) >> GRANULE_SHIFT
-        elif desc != 0:
-            return LEAF
-        else:
-            return MISSING
+        flat, page = _step(a, page, lvl, t >> (ENTRIES_SHIFT * (level - lvl)))
+        if page < 0:
+            return LEAF if a.mem[flat] != 0 else MISSING
     return page
 
 
@@ -167,10 +172,8 @@ def _table(a, st, level, t, scratch, k, op):
     page = 0
     for lvl in range(a.start_level + 1, level + 1):
         tl = t >> (ENTRIES_SHIFT * (level - lvl))
-        flat = tl if lvl - 1 == a.start_level else page * ENTRIES + (tl & (ENTRIES - 1))
-        desc = a.mem[flat]
-        if desc & _TYPE_MASK == TABLE:
-            page = ((desc & _OA) - a.base) >> GRANULE_SHIFT
+        flat, page = _step(a, page, lvl, tl)
+        if page >= 0:
             continue
         page = _alloc(a, st, lvl, tl, op)
         a.mem[flat] = np.uint64(a.base + page * GRANULE) | a.table_bits
