@@ -4,8 +4,10 @@ A replay of a real Xen's calls is tens of thousands of one-page updates; each
 costs over a hundred microseconds through numpy and a fraction of one here.
 These functions run inside a compiled loop over a whole stream
 (xen/stream.py), on the pool's own arrays, with smallcall.py's rules and
-counts: map only over empty slots with no leaf on the way, unmap only page
-leaves, every new table taken from the pool's free list first, then its top.
+counts: map over empty slots or page leaves, unmap page leaves, every new
+table taken from the pool's free list first, then its top. A block on the way
+of a call made of 4 KiB leaves is split first, as BulkPath._split does it (Xen's
+p2m_split_superpage, with break-before-make).
 A call they cannot take exactly is refused (`check_*` returns False) before
 anything is written, and the caller runs it through the Python path instead;
 the property tests hold both paths to the same tables and counters.
@@ -30,7 +32,8 @@ from .smallcall import MAX_PAGES, leaf_runs
 # st: the pool's moving scalars, then totals of the calls run (added to the pool's afterwards)
 TOP, FREE_POS, PEAK, DESCS, LINES, MAPPED, UNMAPPED, BBM = range(8)
 ALLOC = 8                  # ALLOC + level: tables allocated at that level
-ST_LEN = ALLOC + LAST_LEVEL + 1
+SPLITS = ALLOC + LAST_LEVEL + 1   # SPLITS + level: blocks of that level split
+ST_LEN = SPLITS + LAST_LEVEL + 1
 MISSING, LEAF = -1, -2     # what find() gives for a table that is absent, or under a leaf
 MAX_INTERVALS = 4096       # line intervals one call may collect (scratch rows); a bigger call is refused
 
@@ -69,8 +72,9 @@ def write_back(pt, st: np.ndarray) -> None:
     totals = {key: int(st[i]) for key, i in (("descriptors_written", DESCS), ("cache_lines_written", LINES),
                                              ("pages_mapped", MAPPED), ("pages_unmapped", UNMAPPED),
                                              ("bbm_breaks", BBM))}
-    pt.pool.absorb(int(st[TOP]), int(st[FREE_POS]), [int(x) for x in st[ALLOC:ALLOC + LAST_LEVEL + 1]],
-                   totals, int(st[PEAK]))
+    by_level = {key: [int(x) for x in st[i:i + LAST_LEVEL + 1]]
+                for key, i in (("tables_allocated", ALLOC), ("block_splits", SPLITS))}
+    pt.pool.absorb(int(st[TOP]), int(st[FREE_POS]), by_level, totals, int(st[PEAK]))
 
 
 @jit
@@ -96,6 +100,18 @@ def find(a, level, t):
 
 
 @jit
+def _block_level(a, level, t):
+    """Level of the block that covers the level-`level` table with prefix t (find gave LEAF),
+    or -1 if the entry on the way is not a block."""
+    page = 0
+    for lvl in range(a.start_level + 1, level + 1):
+        flat, page = _step(a, page, lvl, t >> (ENTRIES_SHIFT * (level - lvl)))
+        if page < 0:
+            return lvl - 1 if a.mem[flat] & _TYPE_MASK == d.DESC_BLOCK else -1
+    return -1
+
+
+@jit
 def _segment(a, level, t, lo_entry, hi_entry):
     """First and end slot, in table t of `level`, of the level's entries [lo_entry, hi_entry)."""
     if level == a.start_level:
@@ -116,9 +132,11 @@ def _tables(level, start_level, lo_entry, hi_entry):
 def check_map(a, g, m, n, levels):
     """Whether the table would take this extent as it is, and how: (tables it may allocate, or
     -1 if refused; live slots it replaces). Taken: empty slots with no leaf on the way (map_one),
-    and page leaves in a level-3 extent of at most MAX_PAGES (the vectorized remap)."""
+    page leaves in a level-3 extent of at most MAX_PAGES (the vectorized remap), and under a
+    block, an extent of fewer than 512 pages (all 4 KiB leaves), the block split first."""
     runs = compiled_leaf_runs(g, g + n, m - g, levels)
     need, segments, live = 0, 0, 0
+    splitting = n < ENTRIES             # no whole block fits: every leaf is a page
     for level, lo, hi in runs:
         shift = ENTRIES_SHIFT * (LAST_LEVEL - level)
         gs, ge = lo >> shift, hi >> shift
@@ -129,7 +147,13 @@ def check_map(a, g, m, n, levels):
         for t in range(t0, t1):
             page = find(a, level, t)
             if page == LEAF:
-                return -1, 0
+                above = _block_level(a, level, t) if splitting else -1
+                if above < 0:
+                    return -1, 0
+                need += level - above          # a table per level below the block
+                s, e = _segment(a, level, t, gs, ge)
+                live += e - s                  # every slot of a split block is live
+                continue
             if page == MISSING:
                 need += level - a.start_level
                 continue
@@ -186,6 +210,52 @@ def _table(a, st, level, t, scratch, k, op):
 
 
 @jit
+def _split(a, st, level, t, flat, scratch, k, op):
+    """BulkPath._split of the level-`level` block at `flat` (entry number t): a table of the next
+    level mapping the same, written whole, then the block broken and the table hooked in its
+    place (break-before-make: two writes). Returns the new k."""
+    child = level + 1
+    page = _alloc(a, st, child, t, op)
+    first = (a.mem[flat] & ~np.uint64(_TYPE_MASK)) | np.uint64(d.DESC_PAGE if child == LAST_LEVEL else d.DESC_BLOCK)
+    step = np.uint64(_level_pages(child) * GRANULE)
+    for i in range(ENTRIES):
+        a.mem[page * ENTRIES + i] = first + np.uint64(i) * step
+    a.used[page] = ENTRIES
+    scratch[k, 0] = page * LINES_PER_TABLE
+    scratch[k, 1] = (page + 1) * LINES_PER_TABLE
+    a.mem[flat] = np.uint64(a.base + page * GRANULE) | a.table_bits
+    scratch[k + 1, 0] = flat // ENTRIES_PER_LINE
+    scratch[k + 1, 1] = flat // ENTRIES_PER_LINE + 1
+    op[DESCS] += ENTRIES + 2
+    op[BBM] += 1
+    op[SPLITS + level] += 1
+    return k + 2
+
+
+@jit
+def _split_level(a, st, level, t0, t1, scratch, k, op):
+    """Split every block whose place a level-`level` table with prefix in [t0, t1) takes, by
+    prefix (the levels above are done: BulkPath._tables splits level by level, before it
+    allocates the missing tables of a level). Returns the new k."""
+    for t in range(t0, t1):
+        parent = 0 if level - 1 == a.start_level else find(a, level - 1, t >> ENTRIES_SHIFT)
+        if parent < 0:
+            continue
+        flat, page = _step(a, parent, level, t)
+        if page < 0 and a.mem[flat] & _TYPE_MASK == d.DESC_BLOCK:
+            k = _split(a, st, level - 1, t, flat, scratch, k, op)
+    return k
+
+
+@jit
+def _split_count(op):
+    n = 0
+    for lvl in range(LAST_LEVEL + 1):
+        n += op[SPLITS + lvl]
+    return n
+
+
+@jit
 def _union(scratch, k):
     """Lines in the union of the intervals scratch[:k] (intervals.union_size_small's sweep)."""
     if k == 0:
@@ -219,8 +289,10 @@ def map_extent(a, st, g, m, n, levels, attrs, scratch, op, breadth_first, limit,
         if breadth_first:
             for tl in range(a.start_level + 1, level + 1):
                 up = ENTRIES_SHIFT * (level - tl)
+                k = _split_level(a, st, tl, t0 >> up, ((t1 - 1) >> up) + 1, scratch, k, op)
                 for t in range(t0 >> up, ((t1 - 1) >> up) + 1):
                     _, k = _table(a, st, tl, t, scratch, k, op)
+        split = _split_count(op) > 0       # a split table's lines are written whole already
         step = np.uint64(_level_pages(level) * GRANULE)
         leaf = np.uint64(attrs) | np.uint64(d.DESC_PAGE if level == LAST_LEVEL else d.DESC_BLOCK)
         for t in range(t0, t1):
@@ -242,7 +314,7 @@ def map_extent(a, st, g, m, n, levels, attrs, scratch, op, breadth_first, limit,
                             moved[1] += 1
                 a.mem[base + i] = new
             lines = (e - 1) // ENTRIES_PER_LINE - s // ENTRIES_PER_LINE + 1
-            if level == LAST_LEVEL:        # level-3 tables hold no table descriptors
+            if level == LAST_LEVEL and not split:     # level-3 tables hold no table descriptors
                 disjoint += lines
             else:
                 first_line = page * LINES_PER_TABLE + s // ENTRIES_PER_LINE
@@ -261,26 +333,40 @@ def map_extent(a, st, g, m, n, levels, attrs, scratch, op, breadth_first, limit,
 
 @jit
 def check_unmap(a, g, n, p2m_slots):
-    """Whether unmap_one would take these pages: no block on the way; with p2m_slots, also
-    (the P2M's one-call path) every non-empty slot a page leaf."""
+    """Whether unmap_one would take these pages, and how: the tables splitting the blocks on the
+    way would allocate, or -1 if refused. Taken: page leaves, and under a block fewer than 512
+    pages (no block lies wholly inside them, so each is split: BulkPath._unmap). With
+    p2m_slots, also (the P2M's one-call path) every non-empty slot a page leaf."""
+    need = 0
     for t in range(g >> ENTRIES_SHIFT, ((g + n - 1) >> ENTRIES_SHIFT) + 1):
         page = find(a, LAST_LEVEL, t)
         if page == LEAF:
-            return False
+            above = _block_level(a, LAST_LEVEL, t) if n < ENTRIES else -1
+            if above < 0:
+                return -1
+            need += LAST_LEVEL - above
+            continue
         if p2m_slots and page >= 0 and a.used[page]:
             s, e = _segment(a, LAST_LEVEL, t, g, g + n)
             for i in range(page * ENTRIES + s, page * ENTRIES + e):
                 if a.mem[i] != 0 and a.mem[i] & _TYPE_MASK != d.DESC_PAGE:
-                    return False
-    return True
+                    return -1
+    return need
 
 
 @jit
-def unmap_pages(a, g, n, op, limit):
-    """unmap_one's writes and counts for pages check_unmap took. Returns (live slots cleared whose
-    frame was 0, Xen's counter quirk in p2m_stats; live slots cleared below page `limit`)."""
-    zero, below = 0, 0
-    for t in range(g >> ENTRIES_SHIFT, ((g + n - 1) >> ENTRIES_SHIFT) + 1):
+def unmap_pages(a, st, g, n, op, limit, split, scratch):
+    """unmap_one's writes and counts for pages check_unmap took; with `split` (it found blocks
+    on the way), those are split first, level by level, and the lines counted as one union.
+    Returns (live slots cleared whose frame was 0, Xen's counter quirk in p2m_stats; live
+    slots cleared below page `limit`)."""
+    zero, below, k = 0, 0, 0
+    t0, t1 = g >> ENTRIES_SHIFT, ((g + n - 1) >> ENTRIES_SHIFT) + 1
+    if split:
+        for tl in range(a.start_level + 1, LAST_LEVEL + 1):
+            up = ENTRIES_SHIFT * (LAST_LEVEL - tl)
+            k = _split_level(a, st, tl, t0 >> up, ((t1 - 1) >> up) + 1, scratch, k, op)
+    for t in range(t0, t1):
         page = find(a, LAST_LEVEL, t)
         if page < 0 or not a.used[page]:
             continue
@@ -297,13 +383,21 @@ def unmap_pages(a, g, n, op, limit):
                 if i // ENTRIES_PER_LINE != last_line:
                     lines += 1
                     last_line = i // ENTRIES_PER_LINE
+                    if split:
+                        line = (page * ENTRIES + i) // ENTRIES_PER_LINE
+                        scratch[k, 0] = line
+                        scratch[k, 1] = line + 1
+                        k += 1
                 a.mem[page * ENTRIES + i] = 0
         if not live:
             continue
         a.used[page] -= live
-        op[LINES] += lines
+        if not split:
+            op[LINES] += lines
         op[DESCS] += live
         op[UNMAPPED] += live
+    if split:
+        op[LINES] += _union(scratch, k)
     return zero, below
 
 

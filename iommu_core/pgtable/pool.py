@@ -150,21 +150,24 @@ class TablePool:
         """Room for `tables` more tables beyond the top, without growing mid-call."""
         self._grow(self.top + tables)
 
-    def absorb(self, top: int, taken: int, allocated: list[int], totals: dict, peak: int) -> None:
+    def absorb(self, top: int, taken: int, by_level: dict[str, list[int]], totals: dict, peak: int) -> None:
         """Take over what compiled code did to the arrays, as alloc and record would have: the
-        new top, `taken` pages used from the free list, the tables allocated per level, the
-        counters to add to the totals, and the peak."""
+        new top, `taken` pages used from the free list, the per-level counts (tables allocated,
+        blocks split), the counters to add to the totals, and the peak."""
         self.top = top
         self._free = self._free[taken:]
+        allocated = by_level.get("tables_allocated", ())
         if any(allocated):
             self.generation += 1               # tables came: the walk cache is stale
-            per_level = self._totals_by_level["tables_allocated"]
             for lvl, n in enumerate(allocated):
                 self._live[lvl] += n
-                per_level[lvl] += n
+        for key, per_level in by_level.items():
+            total = self._totals_by_level[key]
+            for lvl, n in enumerate(per_level):
+                total[lvl] += n
+            self._totals[key] += sum(per_level)
         for key, n in totals.items():
             self._totals[key] += n
-        self._totals["tables_allocated"] += sum(allocated)
         self._peak_pages = max(self._peak_pages, peak)
 
     # -- accounting ------------------------------------------------------------

@@ -4,8 +4,8 @@
 (xenlog.apply_call, then UnsharedIommu.follow, then invariant.check): the same
 tables byte for byte, the same engine totals, Xen's counters and the IOMMU's
 counts and latency sums. Calls of the shapes that make nearly all of a domU
-build (a map over empty slots or over page leaves, a removal of page leaves) run in the compiled
-loop (pgtable/kernel.py); any other call runs through the Python path, between
+build (a map over empty slots or over page leaves, a removal of page leaves, either of them
+under a block that is split first) run in the compiled loop (pgtable/kernel.py); any other call runs through the Python path, between
 two stretches of the loop. The loop follows only the `per-page` API with the
 4.12 flush rule (UnsharedIommu.syncs), the API of `eager`; the mirror of any
 other API replays through the Python path.
@@ -33,9 +33,10 @@ from .p2m_types import CODE, DMA_PERM_BY_CODE, MEMTYPE_BY_CODE, MEMTYPE_NAME_BY_
 
 DONE, PYTHON, GROW_P2M, GROW_IOMMU, MISMATCH = range(5)    # why the loop stopped
 # IOMMU counts the loop keeps (IommuCounts' fields, and each latency's n)
-CALLS, INVALIDATIONS, CLEANS, DESCS, TABLES, PAGES_MAPPED, PAGES_UNMAPPED, UNREACHABLE, MAP_N, UNMAP_N = range(10)
+(CALLS, INVALIDATIONS, CLEANS, DESCS, TABLES, SPLITS, PAGES_MAPPED, PAGES_UNMAPPED, UNREACHABLE, MAP_N,
+ UNMAP_N) = range(11)
 COUNT_FIELDS = ("calls", "invalidations", "cache_lines_cleaned", "descriptors_written", "tables_allocated",
-                "pages_mapped", "pages_unmapped", "unreachable_pages")
+                "block_splits", "pages_mapped", "pages_unmapped", "unreachable_pages")
 # costs, in this order, and the latency sums (map total, map squares, unmap total, unmap squares)
 MAP_CALL, UNMAP_CALL, INV, CLEAN, ALLOC_NS = range(5)
 _INVALID = CODE["invalid"]
@@ -63,14 +64,16 @@ def _iommu_attrs(pt) -> np.ndarray:
 @jit
 def _account(ic, lat, cost, op, pages, unmap):
     """UnsharedIommu._account of one per-page call: its counts and its latency sums."""
-    tables = 0
+    tables, splits = 0, 0
     for lvl in range(LAST_LEVEL + 1):
         tables += op[kn.ALLOC + lvl]
+        splits += op[kn.SPLITS + lvl]
     clean_ns = cost[CLEAN]
     ic[CALLS] += pages
     ic[CLEANS] += 0 if clean_ns < 0 else op[kn.DESCS] + tables * LINES_PER_TABLE
     ic[DESCS] += op[kn.DESCS]
     ic[TABLES] += tables
+    ic[SPLITS] += splits
     clean_ns = max(clean_ns, 0.0)                  # < 0 marks a coherent walker: nothing cleaned
     call_ns = cost[UNMAP_CALL] if unmap else cost[MAP_CALL]
     inv_ns = cost[INV] if unmap else 0.0
@@ -120,11 +123,11 @@ def _same_view(p, q, g, n, dma_perm, attrs_q):
 
 
 @jit
-def _run(k0, k1, gfn, mfn, nr, code, p, pst, p_bounds, p_levels, p_attrs, deficit,
+def _run(k0, k1, gfn, mfn, nr, code, p, pst, p_bounds, p_levels, p_attrs, deficit, shattered,
          mirror, q, qst, q_bounds, q_levels, q_attrs, dma_perm, ic, lat, cost, check, scratch, op, out):
-    moved = np.zeros(2, np.int64)
     """Calls [k0, k1) of one domain, in turn, until one the loop cannot take exactly: returns
     (k, why); out[0] = the tables a GROW needs."""
+    moved = np.zeros(2, np.int64)
     p_ia, p_oa = p_bounds[0], p_bounds[1]
     q_ia, q_oa = q_bounds[0], q_bounds[1]
     for k in range(k0, k1):
@@ -136,7 +139,10 @@ def _run(k0, k1, gfn, mfn, nr, code, p, pst, p_bounds, p_levels, p_attrs, defici
         p_need, q_need, p_live, q_live = 0, 0, 0, 0
         if removing:
             runs = kn.compiled_leaf_runs(g, g + n, 0, p_levels)
-            if n > MAX_PAGES or len(runs) != 1 or runs[0][0] != LAST_LEVEL or not kn.check_unmap(p, g, n, True):
+            if n > MAX_PAGES or len(runs) != 1 or runs[0][0] != LAST_LEVEL:
+                return k, PYTHON
+            p_need = kn.check_unmap(p, g, n, True)
+            if p_need < 0:
                 return k, PYTHON
         else:
             if p_attrs[c] < 0:
@@ -147,7 +153,8 @@ def _run(k0, k1, gfn, mfn, nr, code, p, pst, p_bounds, p_levels, p_attrs, defici
         nq = min(n, max(q_ia - g, 0))
         dma = mirror and not removing and dma_perm[c] != 0
         if mirror and removing and nq > 0:
-            if nq > MAX_PAGES or not kn.check_unmap(q, g, nq, False):
+            q_need = kn.check_unmap(q, g, nq, False) if nq <= MAX_PAGES else -1
+            if q_need < 0:
                 return k, PYTHON
         if dma and nq > 0:
             if q_attrs[c] < 0 or m + nq > q_oa:
@@ -161,11 +168,12 @@ def _run(k0, k1, gfn, mfn, nr, code, p, pst, p_bounds, p_levels, p_attrs, defici
         if mirror and not kn.fits(q, qst, q_need):
             out[0] = q_need
             return k, GROW_IOMMU
-        # -- the P2M, and Xen's counters: a removal of a frame-0 entry is not counted down
-        # a live entry given another frame is not counted up; a per-page sync for each (p2m_stats, syncs)
+        # -- the P2M, and Xen's counters: a removal of a frame-0 entry is not counted down,
+        # a live entry given another frame is not counted up, a block split is shattered;
+        # a per-page sync for each live leaf removed or given another frame (p2m_stats, syncs)
         below = 0
         if removing:
-            zero, below = kn.unmap_pages(p, g, n, op, q_ia)
+            zero, below = kn.unmap_pages(p, pst, g, n, op, q_ia, p_need > 0, scratch)
             deficit[LAST_LEVEL] -= zero
         else:
             moved[0], moved[1] = 0, 0
@@ -173,12 +181,14 @@ def _run(k0, k1, gfn, mfn, nr, code, p, pst, p_bounds, p_levels, p_attrs, defici
                           q_ia, moved)
             deficit[LAST_LEVEL] += moved[0]
             below = moved[1]
+        for lvl in range(LAST_LEVEL):
+            shattered[lvl] += op[kn.SPLITS + lvl]
         kn.merge(p, pst, op)
         if not mirror:
             continue
         # -- the IOMMU follows: unmap, or map what DMA may reach; per-page syncs per live leaf removed
         if removing and nq > 0:
-            kn.unmap_pages(q, g, nq, op, 0)
+            kn.unmap_pages(q, qst, g, nq, op, 0, q_need > 0, scratch)
             ic[PAGES_UNMAPPED] += op[kn.UNMAPPED]
             _account(ic, lat, cost, op, nq, True)
             kn.merge(q, qst, op)
@@ -277,16 +287,18 @@ def _domain_run(log, d, k, end, p2m: P2M, iommu: UnsharedIommu | None, check: bo
         p = _Side(p2m.pt)
         q = _Side(q_pt)
         deficit = np.zeros(LAST_LEVEL + 1, np.int64)
-        ic = np.zeros(10, np.int64)
+        shattered = np.zeros(LAST_LEVEL + 1, np.int64)
+        ic = np.zeros(UNMAP_N + 1, np.int64)
         lat = np.zeros(4)
         if mirror:
             ml, ul = iommu.counts.map_latency, iommu.counts.unmap_latency
             lat[:] = (ml.total, ml.squares, ul.total, ul.squares)
         k, why = _run(k, end, log.gfn, log.mfn, log.nr, log.type, p.a, p.st, bounds(p2m.pt), p_levels, p_attrs,
-                      deficit, mirror, q.a, q.st, bounds(q_pt), q_levels, q_attrs, dma_perm, ic, lat, cost,
+                      deficit, shattered, mirror, q.a, q.st, bounds(q_pt), q_levels, q_attrs, dma_perm, ic, lat, cost,
                       check and mirror, scratch, op, out)
         p.back()
         p2m.xen.deficit += deficit
+        p2m.xen.shattered += shattered
         if mirror:
             q.back()
             _count(iommu, ic, lat)
