@@ -59,12 +59,19 @@ def _cache_scope():
         numba.config.CACHE_DIR = before
 
 
-def jit(fn):
-    """fn compiled in nopython mode and cached with this version of the package."""
+def jit(fn=None, *, inline: bool = False):
+    """fn compiled in nopython mode and cached with this version of the package. With
+    `inline`, every compiled caller takes fn's code into its own (numba's inline="always"):
+    a call between compiled functions costs an atomic reference count per array it passes, more
+    than a small hot helper's own work, and inlined code lets numba drop those counts. Inlining
+    costs compile time, so it is for the helpers of the hot path, not the rare branches."""
+    if fn is None:
+        return lambda f: jit(f, inline=inline)
+    options = {"inline": "always"} if inline else {}
     if _CACHE is None:
-        return njit(fn)
+        return njit(**options)(fn)
     with _cache_scope():
-        return njit(cache=True)(fn)
+        return njit(cache=True, **options)(fn)
 
 
 def compiled(fn):

@@ -151,7 +151,7 @@ def test_the_captured_stream_replays_as_one_by_one(monkeypatch):
 
 
 def _views_agree(p2m, iommu, gfn, n) -> bool:
-    q_attrs = stream._iommu_attrs(iommu.pt)
+    q_attrs = stream._iommu_attrs(iommu.pt.fmt)
     return stream._same_view(stream.kn.arrays(p2m.pt)[0], stream.kn.arrays(iommu.pt)[0], gfn, n,
                              stream.DMA_PERM_BY_CODE.astype(np.int64), q_attrs)
 

@@ -27,7 +27,7 @@ from ..compiled import compiled, jit
 from . import descriptors as d
 from .accounting import LINES_PER_TABLE
 from .format import ENTRIES, ENTRIES_PER_LINE, ENTRIES_SHIFT, GRANULE, GRANULE_SHIFT, LAST_LEVEL, level_pages
-from .smallcall import MAX_PAGES, leaf_runs
+from .smallcall import MAX_PAGES, leaf_runs, pages_only
 
 # st: the pool's moving scalars, then totals of the calls run (added to the pool's afterwards)
 TOP, FREE_POS, PEAK, DESCS, LINES, MAPPED, UNMAPPED, BBM = range(8)
@@ -39,6 +39,7 @@ MAX_INTERVALS = 4096       # line intervals one call may collect (scratch rows);
 
 
 compiled_leaf_runs = compiled(leaf_runs)
+_pages_only = compiled(pages_only)
 _level_pages = compiled(level_pages)
 _TYPE_MASK = d.DESC_TYPE_MASK
 TABLE = d.DESC_TABLE
@@ -77,7 +78,7 @@ def write_back(pt, st: np.ndarray) -> None:
     pt.pool.absorb(int(st[TOP]), int(st[FREE_POS]), by_level, totals, int(st[PEAK]))
 
 
-@jit
+@jit(inline=True)
 def _step(a, page, lvl, prefix):
     """The slot, in the table at `page`, for the level-`lvl` table with this prefix (the root's
     slots are numbered across its concatenated pages): (flat index, the table's page or -1)."""
@@ -88,7 +89,7 @@ def _step(a, page, lvl, prefix):
     return flat, np.int64(-1)
 
 
-@jit
+@jit(inline=True)
 def find(a, level, t):
     """Page of the level-`level` table with prefix t (0 for the root), MISSING, or LEAF."""
     page = 0
@@ -111,7 +112,7 @@ def _block_level(a, level, t):
     return -1
 
 
-@jit
+@jit(inline=True)
 def _segment(a, level, t, lo_entry, hi_entry):
     """First and end slot, in table t of `level`, of the level's entries [lo_entry, hi_entry)."""
     if level == a.start_level:
@@ -120,7 +121,7 @@ def _segment(a, level, t, lo_entry, hi_entry):
     return max(lo_entry, first) - first, min(hi_entry, first + ENTRIES) - first
 
 
-@jit
+@jit(inline=True)
 def _tables(level, start_level, lo_entry, hi_entry):
     """Prefixes [t0, t1) of the level's tables the entries [lo_entry, hi_entry) fall in."""
     if level == start_level:
@@ -128,53 +129,77 @@ def _tables(level, start_level, lo_entry, hi_entry):
     return lo_entry >> ENTRIES_SHIFT, ((hi_entry - 1) >> ENTRIES_SHIFT) + 1
 
 
-@jit
+@jit(inline=True)
 def check_map(a, g, m, n, levels):
     """Whether the table would take this extent as it is, and how: (tables it may allocate, or
     -1 if refused; live slots it replaces). Taken: empty slots with no leaf on the way (map_one),
     page leaves in a level-3 extent of at most MAX_PAGES (the vectorized remap), and under a
     block, an extent of fewer than 512 pages (all 4 KiB leaves), the block split first."""
-    runs = compiled_leaf_runs(g, g + n, m - g, levels)
-    need, segments, live = 0, 0, 0
-    splitting = n < ENTRIES             # no whole block fits: every leaf is a page
-    for level, lo, hi in runs:
-        shift = ENTRIES_SHIFT * (LAST_LEVEL - level)
-        gs, ge = lo >> shift, hi >> shift
-        t0, t1 = _tables(level, a.start_level, gs, ge)
-        segments += t1 - t0
-        if segments * (LAST_LEVEL + 1) > MAX_INTERVALS:
-            return -1, 0                   # more line intervals than the scratch holds
-        for t in range(t0, t1):
-            page = find(a, level, t)
-            if page == LEAF:
-                above = _block_level(a, level, t) if splitting else -1
-                if above < 0:
-                    return -1, 0
-                need += level - above          # a table per level below the block
-                s, e = _segment(a, level, t, gs, ge)
-                live += e - s                  # every slot of a split block is live
-                continue
-            if page == MISSING:
-                need += level - a.start_level
-                continue
-            s, e = _segment(a, level, t, gs, ge)
-            if a.used[page]:
-                for i in range(page * ENTRIES + s, page * ENTRIES + e):
-                    if a.mem[i] != 0:
-                        if level != LAST_LEVEL or n > MAX_PAGES or a.mem[i] & _TYPE_MASK != d.DESC_PAGE:
-                            return -1, 0
-                        live += 1
+    if _pages_only(g, g + n, m - g):              # nearly every call: no list of runs to build
+        need, live, _ = _check_run(a, LAST_LEVEL, g, g + n, n, 0)
+        return need, live
+    need, live, segments = 0, 0, 0
+    for level, lo, hi in compiled_leaf_runs(g, g + n, m - g, levels):
+        run_need, run_live, segments = _check_run(a, level, lo, hi, n, segments)
+        if run_need < 0:
+            return -1, 0
+        need += run_need
+        live += run_live
     return need, live
 
 
-@jit
+@jit(inline=True)
+def _check_run(a, level, lo, hi, n, segments):
+    """check_map of one run of level-`level` leaves over pages [lo, hi) of an n-page call, after
+    `segments` table segments of its earlier runs: (need or -1, live, segments)."""
+    splitting = n < ENTRIES             # no whole block fits: every leaf is a page
+    need, live = 0, 0
+    shift = ENTRIES_SHIFT * (LAST_LEVEL - level)
+    gs, ge = lo >> shift, hi >> shift
+    t0, t1 = _tables(level, a.start_level, gs, ge)
+    segments += t1 - t0
+    if segments * (LAST_LEVEL + 1) > MAX_INTERVALS:
+        return -1, 0, segments             # more line intervals than the scratch holds
+    for t in range(t0, t1):
+        page = find(a, level, t)
+        if page == LEAF:
+            above = _block_level(a, level, t) if splitting else -1
+            if above < 0:
+                return -1, 0, segments
+            need += level - above          # a table per level below the block
+            s, e = _segment(a, level, t, gs, ge)
+            live += e - s                  # every slot of a split block is live
+            continue
+        if page == MISSING:
+            need += level - a.start_level
+            continue
+        s, e = _segment(a, level, t, gs, ge)
+        if a.used[page]:
+            for i in range(page * ENTRIES + s, page * ENTRIES + e):
+                if a.mem[i] != 0:
+                    if level != LAST_LEVEL or n > MAX_PAGES or a.mem[i] & _TYPE_MASK != d.DESC_PAGE:
+                        return -1, 0, segments
+                    live += 1
+    return need, live, segments
+
+
+@jit(inline=True)
+def pages_run(g, n, delta, levels):
+    """Whether leaf_runs gives the extent one run of 4 KiB leaves (asked without a list first)."""
+    if _pages_only(g, g + n, delta):
+        return True
+    runs = compiled_leaf_runs(g, g + n, delta, levels)
+    return len(runs) == 1 and runs[0][0] == LAST_LEVEL
+
+
+@jit(inline=True)
 def fits(a, st, need):
     """Whether `need` new tables fit the pool without growing it."""
     spare = len(a.free) - st[FREE_POS]
     return st[TOP] + max(need - spare, 0) <= len(a.used)
 
 
-@jit
+@jit(inline=True)
 def _alloc(a, st, level, t, op):
     """A zeroed page for the level-`level` table with prefix t, hooked into its parent."""
     if st[FREE_POS] < len(a.free):
@@ -189,7 +214,7 @@ def _alloc(a, st, level, t, op):
     return page
 
 
-@jit
+@jit(inline=True)
 def _table(a, st, level, t, scratch, k, op):
     """find(), allocating what is missing (the caller has checked no leaf is on the way).
     Each table descriptor written adds its line to scratch[k:]; returns (page, new k)."""
@@ -247,7 +272,7 @@ def _split_level(a, st, level, t0, t1, scratch, k, op):
     return k
 
 
-@jit
+@jit(inline=True)
 def _split_count(op):
     n = 0
     for lvl in range(LAST_LEVEL + 1):
@@ -272,7 +297,7 @@ def _union(scratch, k):
     return total
 
 
-@jit
+@jit(inline=True)
 def map_extent(a, st, g, m, n, levels, attrs, scratch, op, breadth_first, limit, moved):
     """The writes and counts of an extent check_map took; op (int64, ST_LEN) gets this call's
     counts. A live page replaced is a break-before-make (BulkPath._replace); moved[0] counts
@@ -280,58 +305,72 @@ def map_extent(a, st, g, m, n, levels, attrs, scratch, op, breadth_first, limit,
     Beyond smallcall.MAX_PAGES, or over live slots, the table takes the vectorized path, which
     makes the same tables in another order than map_one: per leaf level, every missing table of
     a level (by prefix) before those of the next (BulkPath._tables). breadth_first says which."""
-    runs = compiled_leaf_runs(g, g + n, m - g, levels)
-    k, disjoint = 0, 0
-    for level, lo, hi in runs:
-        shift = ENTRIES_SHIFT * (LAST_LEVEL - level)
-        gs, ge = lo >> shift, hi >> shift
-        t0, t1 = _tables(level, a.start_level, gs, ge)
-        if breadth_first:
-            for tl in range(a.start_level + 1, level + 1):
-                up = ENTRIES_SHIFT * (level - tl)
-                k = _split_level(a, st, tl, t0 >> up, ((t1 - 1) >> up) + 1, scratch, k, op)
-                for t in range(t0 >> up, ((t1 - 1) >> up) + 1):
-                    _, k = _table(a, st, tl, t, scratch, k, op)
-        split = _split_count(op) > 0       # a split table's lines are written whole already
-        step = np.uint64(_level_pages(level) * GRANULE)
-        leaf = np.uint64(attrs) | np.uint64(d.DESC_PAGE if level == LAST_LEVEL else d.DESC_BLOCK)
-        for t in range(t0, t1):
-            page, k = _table(a, st, level, t, scratch, k, op)
-            s, e = _segment(a, level, t, gs, ge)
-            first = (t << ENTRIES_SHIFT) + s if level != a.start_level else s
-            out = np.uint64(((first << shift) + m - g) << GRANULE_SHIFT)
-            base = page * ENTRIES
-            for i in range(s, e):
-                new = (leaf | out) + np.uint64(i - s) * step
-                old = a.mem[base + i]
-                if old != 0:                       # check_map allowed only level-3 pages here
-                    op[BBM] += 1
-                    op[DESCS] += 1
-                    a.used[page] -= 1              # counted again below
-                    if (old ^ new) & np.uint64(_OA):
-                        moved[0] += 1
-                        if (t << ENTRIES_SHIFT) + i < limit:
-                            moved[1] += 1
-                a.mem[base + i] = new
-            lines = (e - 1) // ENTRIES_PER_LINE - s // ENTRIES_PER_LINE + 1
-            if level == LAST_LEVEL and not split:     # level-3 tables hold no table descriptors
-                disjoint += lines
-            else:
-                first_line = page * LINES_PER_TABLE + s // ENTRIES_PER_LINE
-                scratch[k, 0] = first_line
-                scratch[k, 1] = first_line + lines
-                k += 1
-            op[DESCS] += e - s
-            if level == a.start_level:     # concatenated roots: the slots may span root pages
-                for i in range(s, e):
-                    a.used[i // ENTRIES] += 1
-            else:
-                a.used[page] += e - s
+    if _pages_only(g, g + n, m - g):              # nearly every call: no list of runs to build
+        k, disjoint = _map_run(a, st, LAST_LEVEL, g, g + n, g, m, attrs, scratch, 0, op, breadth_first,
+                               limit, moved)
+    else:
+        k, disjoint = 0, 0
+        for level, lo, hi in compiled_leaf_runs(g, g + n, m - g, levels):
+            k, lines = _map_run(a, st, level, lo, hi, g, m, attrs, scratch, k, op, breadth_first, limit, moved)
+            disjoint += lines
     op[LINES] += disjoint + _union(scratch, k)
     op[MAPPED] += n
 
 
-@jit
+@jit(inline=True)
+def _map_run(a, st, level, lo, hi, g, m, attrs, scratch, k, op, breadth_first, limit, moved):
+    """map_extent's writes for one run of level-`level` leaves over pages [lo, hi) (frame m for
+    page g); line intervals go to scratch[k:]. Returns (the new k, lines written to level-3
+    tables that need no union)."""
+    disjoint = 0
+    shift = ENTRIES_SHIFT * (LAST_LEVEL - level)
+    gs, ge = lo >> shift, hi >> shift
+    t0, t1 = _tables(level, a.start_level, gs, ge)
+    if breadth_first:
+        for tl in range(a.start_level + 1, level + 1):
+            up = ENTRIES_SHIFT * (level - tl)
+            k = _split_level(a, st, tl, t0 >> up, ((t1 - 1) >> up) + 1, scratch, k, op)
+            for t in range(t0 >> up, ((t1 - 1) >> up) + 1):
+                _, k = _table(a, st, tl, t, scratch, k, op)
+    split = _split_count(op) > 0       # a split table's lines are written whole already
+    step = np.uint64(_level_pages(level) * GRANULE)
+    leaf = np.uint64(attrs) | np.uint64(d.DESC_PAGE if level == LAST_LEVEL else d.DESC_BLOCK)
+    for t in range(t0, t1):
+        page, k = _table(a, st, level, t, scratch, k, op)
+        s, e = _segment(a, level, t, gs, ge)
+        first = (t << ENTRIES_SHIFT) + s if level != a.start_level else s
+        out = np.uint64(((first << shift) + m - g) << GRANULE_SHIFT)
+        base = page * ENTRIES
+        for i in range(s, e):
+            new = (leaf | out) + np.uint64(i - s) * step
+            old = a.mem[base + i]
+            if old != 0:                       # check_map allowed only level-3 pages here
+                op[BBM] += 1
+                op[DESCS] += 1
+                a.used[page] -= 1              # counted again below
+                if (old ^ new) & np.uint64(_OA):
+                    moved[0] += 1
+                    if (t << ENTRIES_SHIFT) + i < limit:
+                        moved[1] += 1
+            a.mem[base + i] = new
+        lines = (e - 1) // ENTRIES_PER_LINE - s // ENTRIES_PER_LINE + 1
+        if level == LAST_LEVEL and not split:     # level-3 tables hold no table descriptors
+            disjoint += lines
+        else:
+            first_line = page * LINES_PER_TABLE + s // ENTRIES_PER_LINE
+            scratch[k, 0] = first_line
+            scratch[k, 1] = first_line + lines
+            k += 1
+        op[DESCS] += e - s
+        if level == a.start_level:     # concatenated roots: the slots may span root pages
+            for i in range(s, e):
+                a.used[i // ENTRIES] += 1
+        else:
+            a.used[page] += e - s
+    return k, disjoint
+
+
+@jit(inline=True)
 def check_unmap(a, g, n, p2m_slots):
     """Whether unmap_one would take these pages, and how: the tables splitting the blocks on the
     way would allocate, or -1 if refused. Taken: page leaves, and under a block fewer than 512
@@ -354,7 +393,7 @@ def check_unmap(a, g, n, p2m_slots):
     return need
 
 
-@jit
+@jit(inline=True)
 def unmap_pages(a, st, g, n, op, limit, split, scratch):
     """unmap_one's writes and counts for pages check_unmap took; with `split` (it found blocks
     on the way), those are split first, level by level, and the lines counted as one union.
@@ -401,7 +440,7 @@ def unmap_pages(a, st, g, n, op, limit, split, scratch):
     return zero, below
 
 
-@jit
+@jit(inline=True)
 def merge(a, st, op):
     """Add one call's counts (then cleared) to the running totals, and its tables to the peak
     (pool.record)."""

@@ -32,14 +32,19 @@ _TYPE_MASK = d.DESC_TYPE_MASK
 _OA = d.OA_MASK_48
 
 
+def pages_only(start: int, end: int, delta: int) -> bool:
+    """Whether Xen's order rule gives the extent 4 KiB leaves alone: no block fits or aligns."""
+    return end - start < level_pages(LAST_LEVEL - 1) or (delta | end) % level_pages(LAST_LEVEL - 1) != 0
+
+
 def leaf_runs(start: int, end: int, delta: int, levels) -> list[tuple[int, int, int]]:
     """Xen's order rule for one extent: (level, first page, end page) runs, largest leaf first.
 
     The vectorized twin is order.leaf_runs; see its docstring for why
     the rule reduces to "small leaves up to an aligned point, then larger ones".
     """
-    if end - start < level_pages(LAST_LEVEL - 1) or (delta | end) % level_pages(LAST_LEVEL - 1):
-        return [(LAST_LEVEL, start, end)]          # no block can fit or align
+    if pages_only(start, end, delta):
+        return [(LAST_LEVEL, start, end)]
     runs, cut = [], end
     for level in sorted(levels):
         size = level_pages(level)

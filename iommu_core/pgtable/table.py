@@ -12,6 +12,8 @@ the table as it was.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from . import decode, smallcall, walk
@@ -49,7 +51,6 @@ class PageTable(BulkPath):
         # For the single-extent path (smallcall.py): the perms a call may ask for,
         # attribute bits by (perm, memtype, sw), a leaf's address steps per level.
         self.perms = frozenset(d.allowed_perms(self.fmt))
-        self._attr_cache: dict[tuple, int] = {}
         self.leaf_offsets = {lvl: ROW_OFFSETS * U64(level_pages(lvl) * GRANULE) for lvl in self.fmt.levels}
 
     # -- public surface ----------------------------------------------------
@@ -152,8 +153,11 @@ class PageTable(BulkPath):
 
     # -- helpers -----------------------------------------------------------
     def leaf_attrs(self, perm: str, memtype: str, sw: int) -> int:
-        """Leaf attribute bits of one (perm, memtype, sw), as a Python int (cached)."""
-        key = (perm, memtype, sw)
-        if key not in self._attr_cache:
-            self._attr_cache[key] = int(d.leaf_attrs(self.fmt, [d.PERMS[perm]], [d.MEMTYPES[memtype]], [sw])[0])
-        return self._attr_cache[key]
+        """Leaf attribute bits of one (perm, memtype, sw), as a Python int (cached per format)."""
+        return _leaf_attrs(self.fmt, perm, memtype, sw)
+
+
+@lru_cache(maxsize=None)
+def _leaf_attrs(fmt: Format, perm: str, memtype: str, sw: int) -> int:
+    # A format's bits, not a table's: every fresh table of a stream's replay asks again.
+    return int(d.leaf_attrs(fmt, [d.PERMS[perm]], [d.MEMTYPES[memtype]], [sw])[0])

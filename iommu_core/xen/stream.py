@@ -17,12 +17,15 @@ IOMMU's map, unmap, _account and syncs (iommu.py).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from ..compiled import jit
 from ..pgtable import kernel as kn
 from ..pgtable.accounting import LINES_PER_TABLE
-from ..pgtable.descriptors import DESC_TYPE_MASK, MEMTYPE_NAMES, OA_MASK_48, PERM_NAMES, SW_MASK, SW_SHIFT
+from ..pgtable.descriptors import (DESC_TYPE_MASK, MEMTYPE_NAMES, MEMTYPES, OA_MASK_48, PERM_NAMES, PERMS, SW_MASK,
+                                   SW_SHIFT, allowed_perms, leaf_attrs)
 from ..pgtable.format import ENTRIES, ENTRIES_SHIFT, GRANULE_SHIFT, LAST_LEVEL
 from ..pgtable.smallcall import MAX_PAGES
 from ..xenlog import CallLog, apply_call
@@ -43,25 +46,32 @@ _INVALID = CODE["invalid"]
 _TYPE = DESC_TYPE_MASK
 
 
-def _attrs(pt, perm_names, memtype_names, sw) -> np.ndarray:
+def _attrs(fmt, perm_names, memtype_names, sw) -> np.ndarray:
     """Leaf attribute bits per type code (-1 where the format cannot hold the permission)."""
     out = np.full(len(perm_names), -1, np.int64)
-    for c, (perm, memtype) in enumerate(zip(perm_names, memtype_names)):
-        if str(perm) in pt.perms:
-            out[c] = pt.leaf_attrs(str(perm), str(memtype), int(sw[c]))
+    held = [c for c, perm in enumerate(perm_names) if str(perm) in allowed_perms(fmt)]
+    out[held] = leaf_attrs(fmt, [PERMS[str(perm_names[c])] for c in held],
+                           [MEMTYPES[str(memtype_names[c])] for c in held], [int(sw[c]) for c in held])
     return out
 
 
-def _iommu_attrs(pt) -> np.ndarray:
+@lru_cache(maxsize=None)
+def _p2m_attrs(fmt) -> np.ndarray:
+    """The P2M leaf's attribute bits per type code. A format's, so cached: read, never write."""
+    return _attrs(fmt, PERM_NAME_BY_CODE, MEMTYPE_NAME_BY_CODE, np.arange(len(PERM_NAME_BY_CODE)))
+
+
+@lru_cache(maxsize=None)
+def _iommu_attrs(fmt) -> np.ndarray:
     """The IOMMU leaf's attribute bits per P2M type code (UnsharedIommu.map: the type's DMA
-    permission and memory type, sw 0), -1 for a type no device may reach."""
+    permission and memory type, sw 0), -1 for a type no device may reach. Cached as above."""
     dma = DMA_PERM_BY_CODE[: len(PERM_NAME_BY_CODE)]
-    attrs = _attrs(pt, [PERM_NAMES[int(x)] for x in dma], [MEMTYPE_NAMES[int(x)] for x in
+    attrs = _attrs(fmt, [PERM_NAMES[int(x)] for x in dma], [MEMTYPE_NAMES[int(x)] for x in
                    MEMTYPE_BY_CODE[: len(dma)]], np.zeros(len(dma), np.int64))
     return np.where(dma == 0, -1, attrs)
 
 
-@jit
+@jit(inline=True)
 def _account(ic, lat, cost, op, pages, unmap):
     """UnsharedIommu._account of one per-page call: its counts and its latency sums."""
     tables, splits = 0, 0
@@ -85,7 +95,7 @@ def _account(ic, lat, cost, op, pages, unmap):
     lat[j + 1] += pages * each * each
 
 
-@jit
+@jit(inline=True)
 def _leaf(a, page):
     """(descriptor, level) of the leaf mapping `page`, or (0, 0)."""
     flat = page >> (ENTRIES_SHIFT * (LAST_LEVEL - a.start_level))
@@ -100,7 +110,7 @@ def _leaf(a, page):
     return np.uint64(0), 0
 
 
-@jit
+@jit(inline=True)
 def _same_view(p, q, g, n, dma_perm, attrs_q):
     """Whether the IOMMU maps pages [g, g + n) exactly as the P2M's DMA view says: each page
     with a DMA type at the same frame with the type's attributes, every other page not at all."""
@@ -138,8 +148,7 @@ def _run(k0, k1, gfn, mfn, nr, code, p, pst, p_bounds, p_levels, p_attrs, defici
         # -- can both sides take it as it is? (nothing is written before both say yes)
         p_need, q_need, p_live, q_live = 0, 0, 0, 0
         if removing:
-            runs = kn.compiled_leaf_runs(g, g + n, 0, p_levels)
-            if n > MAX_PAGES or len(runs) != 1 or runs[0][0] != LAST_LEVEL:
+            if n > MAX_PAGES or not kn.pages_run(g, n, 0, p_levels):
                 return k, PYTHON
             p_need = kn.check_unmap(p, g, n, True)
             if p_need < 0:
@@ -267,11 +276,11 @@ class _Side:
 
 def _domain_run(log, d, k, end, p2m: P2M, iommu: UnsharedIommu | None, check: bool) -> int:
     p_levels = tuple(p2m.fmt.leaf_levels)
-    p_attrs = _attrs(p2m.pt, PERM_NAME_BY_CODE, MEMTYPE_NAME_BY_CODE, np.arange(len(PERM_NAME_BY_CODE)))
+    p_attrs = _p2m_attrs(p2m.fmt)
     mirror = iommu is not None
     q_pt = iommu.pt if mirror else p2m.pt                  # a stand-in the loop never touches
     q_levels = (LAST_LEVEL,) if not mirror or iommu.rule.leaf == "4k" else tuple(q_pt.fmt.leaf_levels)
-    q_attrs = _iommu_attrs(q_pt) if mirror else p_attrs
+    q_attrs = _iommu_attrs(q_pt.fmt) if mirror else p_attrs
     dma_perm = DMA_PERM_BY_CODE.astype(np.int64)
     if mirror:
         c = iommu.costs
