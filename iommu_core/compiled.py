@@ -3,7 +3,7 @@
 numba's own cache is keyed by the source file of each function alone, so a
 compiled caller would keep the machine code of a callee from another file after
 that file changed. Here every function is cached in a folder named by a digest
-of all the package's sources: any edit compiles afresh (about 15 s, once), and
+of all the package's sources: any edit compiles afresh (about 45 s, once), and
 an unchanged package loads in well under a second.
 """
 
