@@ -33,6 +33,7 @@ from .common import (
     small_table,
     translate_case,
     mapped,
+    C_WAYS,
     measure_figures,
     new_table,
     warm,
@@ -257,6 +258,19 @@ class ReferenceRatio(_Figures):
     track_ratio.unit = "engine/reference"
 
 
+class CMapperRatio(_Figures):
+    """Engine rate / the C mapper's (cmapper.c, gcc -O3), warm maps measured in the same run.
+    Targets (batched C): contiguous >= 0.9, random-extents >= 0.5."""
+
+    params = [list(C_WAYS), WORKLOADS]
+    param_names = ["c_mapper", "workload"]
+
+    def track_ratio(self, figures, way, workload_name):
+        return figures.get(f"{way}/map-warm/{workload_name}", float("nan"))
+
+    track_ratio.unit = "engine/C"
+
+
 class SmallCallTime(_Figures):
     """Best time of one map or unmap of a single small extent. Target: <= 20 us."""
 
@@ -275,7 +289,8 @@ class Rate(_Figures):
     params = [["write-floor", "gather-floor",
                *(f"{impl}/{op}/{name}" for impl in ("engine", "reference")
                  for op in ("map-warm", "unmap", "translate") for name in WORKLOADS),
-               "engine/map-warm-auto/random-extents", "engine/map-fresh/contiguous"]]
+               "engine/map-warm-auto/random-extents", "engine/map-fresh/contiguous",
+               *(f"{way}/map-warm/{name}" for way in C_WAYS for name in WORKLOADS)]]
     param_names = ["case"]
 
     def track_rate(self, figures, case):

@@ -22,6 +22,7 @@ from iommu_core.store.results import read_results
 from iommu_core.sweep.grid import Sweep, load_sweep
 from iommu_core.sweep.runner import Run, run_sweep
 
+from .cmapper import CMapper, NoCompiler
 from .yardsticks import best_seconds, measure_gather_floor, measure_write_floor
 
 
@@ -159,6 +160,23 @@ def _translate_rate(impl: str, name: str, repeat: int) -> float:
     return len(addrs) / best_seconds(lambda _: t.translate(addrs), repeat=repeat)
 
 
+C_WAYS = {"c": False, "c-per-page": True}       # the C yardstick's name -> walks per page
+C_POOL_PAGES = 48 * 1024                         # room for either workload's tables (about 33,000)
+
+
+def _c_map_rate(name: str, per_page: bool, repeat: int) -> float:
+    """Pages/s of the C mapper (cmapper.c) into warm tables, the engine's workload and leaves."""
+    w = workload(name)
+    fmt = Format.preset(FMT)
+    c = CMapper(C_POOL_PAGES, BASE, fmt.start_level, new_table().leaf_attrs("rw", "normal", 0), per_page)
+    c.map(w.iova, w.pa, w.npages)                # the tables, then only leaves are timed
+
+    def unmapped():
+        c.unmap(w.iova, w.npages)
+        return c
+    return w.pages / best_seconds(lambda t: t.map(w.iova, w.pa, w.npages), unmapped, repeat)
+
+
 def small_call_us(npages: int, calls: int = SMALL_CALLS) -> tuple[float, float]:
     """Best microseconds of (map, unmap) of one small extent over `calls` tries.
 
@@ -200,6 +218,12 @@ def measure_figures(repeat: int = REPEAT) -> dict[str, float]:
             f[f"rate/{impl}/translate/{name}"] = _translate_rate(impl, name, rep)
     f["rate/engine/map-warm-auto/random-extents"] = _map_rate("engine", "random-extents", "auto", repeat)
     f["rate/engine/map-fresh/contiguous"] = _fresh_map_rate("contiguous", repeat)
+    try:
+        for way, per_page in C_WAYS.items():
+            for name in WORKLOADS:
+                f[f"rate/{way}/map-warm/{name}"] = _c_map_rate(name, per_page, repeat)
+    except NoCompiler as e:
+        print(f"C yardstick skipped: {e}")
     floors.append((measure_write_floor(repeat), measure_gather_floor(repeat)))
     f["rate/write-floor"] = max(w for w, _ in floors)
     f["rate/gather-floor"] = max(g for _, g in floors)
@@ -207,9 +231,10 @@ def measure_figures(repeat: int = REPEAT) -> dict[str, float]:
         op, name = key.split("/")[2:]
         floor = f["rate/gather-floor"] if op == "translate" else f["rate/write-floor"]
         f[f"floor/{op}/{name}"] = f[key] / floor
-        ref = f.get(f"rate/reference/{op}/{name}")
-        if ref:
-            f[f"reference/{op}/{name}"] = f[key] / ref
+        for other in ("reference", *C_WAYS):
+            rate = f.get(f"rate/{other}/{op}/{name}")
+            if rate:
+                f[f"{other}/{op}/{name}"] = f[key] / rate
     for n in SMALL_PAGES:
         f[f"small-us/map/{n}"], f[f"small-us/unmap/{n}"] = small_call_us(n)
     stats = mapped("engine", workload("contiguous")).stats()
