@@ -1,4 +1,5 @@
-"""The single-extent map and unmap compiled (numba), for streams of many small calls.
+"""The single-extent map and unmap compiled (numba), for streams of many small calls; and the
+vectorized path's range writes (fill_ranges).
 
 A replay of a real Xen's calls is tens of thousands of one-page updates; each
 costs over a hundred microseconds through numpy and a fraction of one here.
@@ -452,3 +453,14 @@ def merge(a, st, op):
     for i in range(DESCS, ST_LEN):
         st[i] += op[i]
         op[i] = 0
+
+
+@jit
+def fill_ranges(flat, flat0, length, v0, step):
+    """flat[flat0[i] + k] = v0[i] + k * step for every k < length[i]: the leaves of many
+    ranges, for the vectorized path (BulkPath._fill_ranges)."""
+    for i in range(len(flat0)):
+        row = flat[flat0[i]:flat0[i] + length[i]]      # a slice: no index check per write, so it vectorizes
+        v = v0[i]
+        for k in range(len(row)):
+            row[k] = v + np.uint64(k) * step
