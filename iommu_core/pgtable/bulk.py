@@ -12,7 +12,6 @@ from . import descriptors as d
 from .accounting import LINES_PER_TABLE, OpAccount
 from .arrays import follow_on, lookup, ragged, unique_sorted
 from .extents import Batch, MappingConflict
-from .kernel import fill_ranges
 from .format import (
     ENTRIES,
     ENTRIES_PER_LINE,
@@ -278,6 +277,7 @@ class BulkPath:
         """Write v0 + k * step at flat0 + k (k < length) for many ranges inside tables: a
         compiled loop (kernel.fill_ranges), at a C mapper's speed; numpy's fancy indexing was
         a fifth of it on random extents."""
+        from .kernel import fill_ranges        # here: numba loads when a map first needs it, not on import
         fill_ranges(self.pool.flat, flat0.astype(np.int64, copy=False), length.astype(np.int64, copy=False),
                     v0.astype(U64, copy=False), U64(step))
 
