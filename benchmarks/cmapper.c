@@ -26,7 +26,7 @@ static int64_t level3_table(uint64_t *mem, int64_t cap, int64_t *top, uint64_t b
     return page;
 }
 
-/* Map (or, with attrs == 0 and clear set, unmap) extents of pages; returns the leaves
+/* Map extents of pages (with `clear`, write zeros instead: unmap); returns the leaves
  * written, or -1 if the pool is full. */
 int64_t map_extents(uint64_t *mem, int64_t cap, int64_t *top, uint64_t base, int start,
                     const int64_t *iova_pg, const int64_t *pa_pg, const int64_t *npages, int64_t n,

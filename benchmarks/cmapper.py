@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from iommu_core.pgtable.format import ENTRIES, GRANULE, GRANULE_SHIFT
+
 SOURCE = Path(__file__).with_name("cmapper.c")
 OA_MASK = 0x0000_FFFF_FFFF_F000
 # Generic x86-64 -O3, as a distribution builds: on this machine -march=native (AVX-512) wrote
@@ -52,18 +54,18 @@ class CMapper:
 
     def __init__(self, capacity: int, base: int, start_level: int, attrs: int, per_page: bool = False):
         self._lib = _library()
-        self.mem = np.zeros(capacity * 512, np.uint64)
+        self.mem = np.zeros(capacity * ENTRIES, np.uint64)
         self.top = np.ones(1, np.int64)
         self.base, self.start_level, self.attrs, self.per_page = base, start_level, attrs, per_page
 
     def _call(self, iova, pa, npages, clear: bool) -> int:
-        pages = lambda a: np.ascontiguousarray(np.asarray(a, np.int64) // 4096)
+        pages = lambda a: np.ascontiguousarray(np.asarray(a, np.int64) // GRANULE)
         npages = np.ascontiguousarray(npages, np.int64)
-        done = self._lib.map_extents(self.mem, len(self.mem) // 512, self.top, self.base, self.start_level,
+        done = self._lib.map_extents(self.mem, len(self.mem) // ENTRIES, self.top, self.base, self.start_level,
                                      pages(iova), pages(pa), npages, len(npages), self.attrs,
                                      int(self.per_page), int(clear))
         if done < 0:
-            raise MemoryError(f"C mapper: pool of {len(self.mem) // 512} pages is full")
+            raise MemoryError(f"C mapper: pool of {len(self.mem) // ENTRIES} pages is full")
         return done
 
     def map(self, iova, pa, npages) -> int:
@@ -75,11 +77,11 @@ class CMapper:
     def leaves(self) -> np.ndarray:
         """The level-3 descriptors that are set, sorted (what the maps wrote): the tree walked
         down from the root."""
-        rows = self.mem.reshape(-1, 512)
+        rows = self.mem.reshape(-1, ENTRIES)
         tables = np.zeros(1, np.int64)
         for _ in range(self.start_level, 3):
             desc = rows[tables].ravel()
             desc = desc[desc != 0]
-            tables = ((desc & np.uint64(OA_MASK)) - np.uint64(self.base)).astype(np.int64) >> 12
+            tables = ((desc & np.uint64(OA_MASK)) - np.uint64(self.base)).astype(np.int64) >> GRANULE_SHIFT
         desc = rows[tables].ravel()
         return np.sort(desc[desc != 0])

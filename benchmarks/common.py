@@ -166,9 +166,8 @@ C_POOL_PAGES = 48 * 1024                         # room for either workload's ta
 
 def _c_map_rate(name: str, per_page: bool, repeat: int) -> float:
     """Pages/s of the C mapper (cmapper.c) into warm tables, the engine's workload and leaves."""
-    w = workload(name)
-    fmt = Format.preset(FMT)
-    c = CMapper(C_POOL_PAGES, BASE, fmt.start_level, new_table().leaf_attrs("rw", "normal", 0), per_page)
+    w, pt = workload(name), new_table()
+    c = CMapper(C_POOL_PAGES, BASE, pt.fmt.start_level, pt.leaf_attrs("rw", "normal", 0), per_page)
     c.map(w.iova, w.pa, w.npages)                # the tables, then only leaves are timed
 
     def unmapped():

@@ -8,8 +8,8 @@ These functions run inside a compiled loop over a whole stream
 counts: map over empty slots or page leaves, unmap page leaves, every new
 table taken from the pool's free list first, then its top. A block on the way
 of a call made of 4 KiB leaves is split first, as BulkPath._split does it (Xen's
-p2m_split_superpage, with break-before-make).
-A call they cannot take exactly is refused (`check_*` returns False) before
+p2m_split_superpage, with break-before-make; p2m_stats cites its counter).
+A call they cannot take exactly is refused (`check_*` gives -1) before
 anything is written, and the caller runs it through the Python path instead;
 the property tests hold both paths to the same tables and counters.
 

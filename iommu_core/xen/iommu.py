@@ -148,6 +148,8 @@ class UnsharedIommu:
         k.descriptors_written += res["descriptors_written"]
         k.tables_allocated += tables
         k.tables_freed += res["tables_freed"]
+        # A block split by an unmap inside it (arm_lpae_split_blk_unmap, xen-troops/xen:xen/drivers/
+        # passthrough/arm/io-pgtable-arm.c @ RELEASE-4.13.0-xt0.2.prod-devel:577, from __arm_lpae_unmap :668).
         k.block_splits += res["block_splits"]
         call_ns = c.unmap_call_ns if unmap else c.map_call_ns
         inv_ns = c.iotlb_inv_ns if unmap else 0.0        # a map never invalidates; an unmap syncs (rules.py)

@@ -4,8 +4,9 @@
 (xenlog.apply_call, then UnsharedIommu.follow, then invariant.check): the same
 tables byte for byte, the same engine totals, Xen's counters and the IOMMU's
 counts and latency sums. Calls of the shapes that make nearly all of a domU
-build (a map over empty slots or over page leaves, a removal of page leaves, either of them
-under a block that is split first) run in the compiled loop (pgtable/kernel.py); any other call runs through the Python path, between
+build (a map over empty slots or over page leaves, a removal of page leaves,
+either under a block that is split first) run in the compiled loop
+(pgtable/kernel.py); any other call runs through the Python path, between
 two stretches of the loop. The loop follows only the `per-page` API with the
 4.12 flush rule (UnsharedIommu.syncs), the API of `eager`; the mirror of any
 other API replays through the Python path.
@@ -49,7 +50,8 @@ _TYPE = DESC_TYPE_MASK
 def _attrs(fmt, perm_names, memtype_names, sw) -> np.ndarray:
     """Leaf attribute bits per type code (-1 where the format cannot hold the permission)."""
     out = np.full(len(perm_names), -1, np.int64)
-    held = [c for c, perm in enumerate(perm_names) if str(perm) in allowed_perms(fmt)]
+    allowed = allowed_perms(fmt)
+    held = [c for c, perm in enumerate(perm_names) if str(perm) in allowed]
     out[held] = leaf_attrs(fmt, [PERMS[str(perm_names[c])] for c in held],
                            [MEMTYPES[str(memtype_names[c])] for c in held], [int(sw[c]) for c in held])
     return out
