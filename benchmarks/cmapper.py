@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -21,9 +22,9 @@ from iommu_core.pgtable.format import ENTRIES, GRANULE, GRANULE_SHIFT
 
 SOURCE = Path(__file__).with_name("cmapper.c")
 OA_MASK = 0x0000_FFFF_FFFF_F000
-# Generic x86-64 -O3, as a distribution builds: on this machine -march=native (AVX-512) wrote
-# the 16M contiguous leaves at half the rate (8e8 against 1.6e9 pages/s), -O2 at two thirds.
-CFLAGS = ["-O3", "-shared", "-fPIC"]
+# Generic x86-64 -O3, as a distribution builds; IOMMU_BENCH_CFLAGS tries others (the README
+# gives what -march=native did here).
+CFLAGS = os.environ.get("IOMMU_BENCH_CFLAGS", "-O3 -shared -fPIC").split()
 _I64P = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
 _U64P = np.ctypeslib.ndpointer(np.uint64, flags="C_CONTIGUOUS")
 
