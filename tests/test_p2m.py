@@ -60,3 +60,16 @@ def test_interval_algebra():
     assert ranges(iv.subtract(a, b)) == [(0, 3), (13, 15)]
     assert iv.size(a) == 13
     assert CODE["invalid"] == 0
+
+
+@pytest.mark.parametrize("gfn, nr, match", [(-1, 1, "iova -0x1000 is negative"), (1 << 40, 1, "beyond the 40-bit"),
+                                            (0x1000, 0, "npages must be positive"), (1.5, 1, "gfn must be integers")])
+def test_bad_gfns_are_named_and_change_nothing(gfn, nr, match):
+    p2m = P2M()
+    p2m.set_entry(0x40000, 0x80000, 4, "ram_rw")
+    before = p2m.pt.mappings(), p2m.xen_counters()
+    with pytest.raises(ValueError, match=match):
+        p2m.set_entry(gfn, 0x90000, nr, "ram_rw")
+    assert before == (p2m.pt.mappings(), p2m.xen_counters())
+    p2m.set_entry(2.0, 0x90000, 1, "ram_rw")       # a whole float is a page number
+    assert p2m.pt.mappings(2 << 12, 1).pa.tolist() == [0x90000 << 12]

@@ -79,7 +79,9 @@ def merge_runs(iova: np.ndarray, pa: np.ndarray, npages: np.ndarray, attrs: np.n
     return np.flatnonzero(np.concatenate(([True], ~follows)))
 
 
-def _as_int_array(name: str, value, n: int | None) -> np.ndarray:
+def as_int_array(name: str, value, n: int | None) -> np.ndarray:
+    """value as int64 (a scalar, or a 1-d array broadcast to n when n is given); floats only
+    when they hold whole numbers, so no value is silently cut."""
     arr = np.asarray(value)
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.floor(arr)):
@@ -144,12 +146,35 @@ def _check_pages(fmt: Format, iova: np.ndarray, npages: np.ndarray, name: str, l
     if bad.any():
         i = int(np.argmax(bad))
         raise ExtentError(f"extent {i}: {name} {int(iova[i]):#x} is negative or not 4 KiB-aligned", i)
-    end = iova // GRANULE + npages
-    bad = end > limit_pages
+    _check_ends(fmt, iova // GRANULE, npages, name, limit_pages, limit_bits)
+
+
+def _check_ends(fmt: Format, page: np.ndarray, npages: np.ndarray, name: str, limit_pages: int,
+                limit_bits: int) -> None:
+    bad = page > limit_pages - npages
     if bad.any():
         i = int(np.argmax(bad))
-        raise ExtentError(f"extent {i}: {name} range {int(iova[i]):#x} + {int(npages[i])} pages "
+        raise ExtentError(f"extent {i}: {name} range {int(page[i]) * GRANULE:#x} + {int(npages[i])} pages "
                           f"goes beyond the {limit_bits}-bit address size of {fmt.name}", i)
+
+
+def _check_counts(npages: np.ndarray) -> None:
+    bad = npages <= 0
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ExtentError(f"extent {i}: npages must be positive, got {int(npages[i])}", i)
+
+
+def check_input_pages(fmt: Format, page: np.ndarray, npages: np.ndarray) -> None:
+    """Refuse input ranges given as 4 KiB page numbers and counts (int64 arrays) that no table
+    of fmt holds, as map_batch and unmap_batch would: a caller that walks the table before
+    calling them (the P2M's counters) must not read beyond it."""
+    _check_counts(npages)
+    bad = page < 0
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ExtentError(f"extent {i}: iova {int(page[i]) * GRANULE:#x} is negative", i)
+    _check_ends(fmt, page, npages, "iova", fmt.ia_pages, fmt.ia_bits)
 
 
 def _check_disjoint(in_page: np.ndarray, npages: np.ndarray, order: np.ndarray) -> None:
@@ -165,14 +190,11 @@ def _check_disjoint(in_page: np.ndarray, npages: np.ndarray, order: np.ndarray) 
 
 def _input_ranges(fmt: Format, iova, npages, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Checked input ranges of a batch: (4 KiB page numbers, page counts, order by page)."""
-    iova_a = _as_int_array("iova", iova, n)
-    np_a = _as_int_array("npages", npages, n)
+    iova_a = as_int_array("iova", iova, n)
+    np_a = as_int_array("npages", npages, n)
     if n == 0:
         raise ExtentError("empty batch: no extents given")
-    bad = np_a <= 0
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ExtentError(f"extent {i}: npages must be positive, got {int(np_a[i])}", i)
+    _check_counts(np_a)
     _check_pages(fmt, iova_a, np_a, "iova", fmt.ia_pages, fmt.ia_bits)
     in_page = iova_a // GRANULE
     order = np.argsort(in_page, kind="stable")
@@ -182,8 +204,8 @@ def _input_ranges(fmt: Format, iova, npages, n: int) -> tuple[np.ndarray, np.nda
 def map_batch(fmt: Format, iova, pa, npages, perm, memtype, sw) -> Batch:
     n = _count(iova, pa, npages, perm, memtype, sw)
     in_page, np_a, order = _input_ranges(fmt, iova, npages, n)
-    pa_a = _as_int_array("pa", pa, n)
-    sw_a = _as_int_array("sw", sw, n)
+    pa_a = as_int_array("pa", pa, n)
+    sw_a = as_int_array("sw", sw, n)
     _check_pages(fmt, pa_a, np_a, "pa", fmt.oa_pages, fmt.oa_bits)
     bad = (sw_a < 0) | (sw_a > 15)
     if bad.any():

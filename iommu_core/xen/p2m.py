@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..pgtable import Extents, Format, PageTable
-from ..pgtable.extents import merge_runs
+from ..pgtable.extents import as_int_array, check_input_pages, merge_runs
 from ..pgtable import smallcall
 from ..pgtable.descriptors import DESC_PAGE, DESC_TYPE_MASK, oa_mask
 from ..pgtable.format import ENTRIES_SHIFT, GRANULE, GRANULE_SHIFT, LAST_LEVEL
@@ -84,13 +84,14 @@ class P2M:
 
     def set_entry(self, gfn, mfn, nr, p2m_type) -> Change:
         """Map GFN ranges to MFN ranges with a type ("invalid" removes them)."""
-        gfn = np.atleast_1d(np.array(gfn, np.int64))
-        nr, mfn = (_each(a, gfn.shape) for a in (nr, mfn))
+        gfn = np.atleast_1d(as_int_array("gfn", gfn, None)).copy()
+        nr, mfn = (_each(name, a, gfn.shape) for name, a in (("nr", nr), ("mfn", mfn)))
         code = codes(p2m_type, len(gfn))
         if len(gfn) == 1:
             change = self._set_pages(gfn, mfn, nr, code)
             if change is not None:
                 return change
+        check_input_pages(self.pt.fmt, gfn, nr)       # before the counters' walk reads beyond the table
         return self.set_entry_vectorized(gfn, mfn, nr, code)
 
     def set_entry_vectorized(self, gfn: np.ndarray, mfn: np.ndarray, nr: np.ndarray, code: np.ndarray) -> Change:
@@ -201,9 +202,9 @@ class P2M:
         return out
 
 
-def _each(a, shape) -> np.ndarray:
+def _each(name, a, shape) -> np.ndarray:
     """A copy of `a` per element of a batch of this shape (one value broadcast)."""
-    a = np.array(a, np.int64)
+    a = as_int_array(name, a, None).copy()
     return a if a.shape == shape else np.broadcast_to(a, shape).copy()
 
 
