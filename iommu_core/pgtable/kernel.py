@@ -71,12 +71,17 @@ def arrays(pt) -> tuple[Arrays, np.ndarray]:
 
 def write_back(pt, st: np.ndarray) -> None:
     """Hand the pool what the kernel changed besides its arrays (TablePool.absorb)."""
-    totals = {key: int(st[i]) for key, i in (("descriptors_written", DESCS), ("cache_lines_written", LINES),
-                                             ("pages_mapped", MAPPED), ("pages_unmapped", UNMAPPED),
-                                             ("bbm_breaks", BBM))}
-    by_level = {key: [int(x) for x in st[i:i + LAST_LEVEL + 1]]
-                for key, i in (("tables_allocated", ALLOC), ("block_splits", SPLITS))}
-    pt.pool.absorb(int(st[TOP]), int(st[FREE_POS]), by_level, totals, int(st[PEAK]))
+    v = st.tolist()                     # plain ints: one conversion, not one per counter
+    totals = {key: v[i] for key, i in _TOTALS if v[i]}
+    by_level = {}
+    if any(v[ALLOC:]):                  # the per-level counts end the state; most small calls leave them 0
+        by_level = {key: v[i:i + LAST_LEVEL + 1] for key, i in _BY_LEVEL if any(v[i:i + LAST_LEVEL + 1])}
+    pt.pool.absorb(v[TOP], v[FREE_POS], by_level, totals, v[PEAK])
+
+
+_TOTALS = (("descriptors_written", DESCS), ("cache_lines_written", LINES), ("pages_mapped", MAPPED),
+           ("pages_unmapped", UNMAPPED), ("bbm_breaks", BBM))
+_BY_LEVEL = (("tables_allocated", ALLOC), ("block_splits", SPLITS))
 
 
 @jit(inline=True)

@@ -155,20 +155,24 @@ class TablePool:
         new top, `taken` pages used from the free list, the per-level counts (tables allocated,
         blocks split), the counters to add to the totals, and the peak."""
         self.top = top
-        self._free = self._free[taken:]
-        allocated = by_level.get("tables_allocated", ())
-        if any(allocated):
-            self.generation += 1               # tables came: the walk cache is stale
-            for lvl, n in enumerate(allocated):
-                self._live[lvl] += n
-        for key, per_level in by_level.items():
-            total = self._totals_by_level[key]
-            for lvl, n in enumerate(per_level):
-                total[lvl] += n
-            self._totals[key] += sum(per_level)
+        if taken:                      # else the list stays the same object: compiled views of it stay valid
+            self._free = self._free[taken:]
+        if by_level:
+            allocated = by_level.get("tables_allocated", ())
+            if any(allocated):
+                self.generation += 1               # tables came: the walk cache is stale
+                for lvl, n in enumerate(allocated):
+                    self._live[lvl] += n
+            for key, per_level in by_level.items():
+                total = self._totals_by_level[key]
+                for lvl, n in enumerate(per_level):
+                    total[lvl] += n
+                self._totals[key] += sum(per_level)
+        own = self._totals
         for key, n in totals.items():
-            self._totals[key] += n
-        self._peak_pages = max(self._peak_pages, peak)
+            own[key] += n
+        if peak > self._peak_pages:
+            self._peak_pages = peak
 
     # -- accounting ------------------------------------------------------------
     def record(self, op: OpAccount) -> dict:
