@@ -175,3 +175,98 @@ def test_the_compiled_check_sees_what_invariant_check_sees(corrupt):
     with pytest.raises(invariant.InvariantError):
         invariant.check("dom0", iommu, p2m, (np.array([40]), np.array([48])))
     assert _views_agree(p2m, iommu, 0, 40) and _views_agree(p2m, iommu, 48, 1000)
+
+
+# -- MirroredCalls.call: one call at a time, as P2M.set_entry then UnsharedIommu.follow ---------
+
+ARG_KINDS = {"int": int, "numpy int": np.int64, "array": lambda x: np.array([x], np.int64),
+             "int32 array": lambda x: np.array([x], np.int32)}
+
+
+def calls_by_hand(calls, kinds, api="per-page", check=False, mirror=True):
+    """Each call through MirroredCalls.call, its arguments of the kinds drawn; every call is
+    domain 0's. On a ValueError, the index of the call that raised it."""
+    p2m = stream.P2M("p2m-s2-40")
+    iommu = UnsharedIommu("ipmmu-s1-39", api) if mirror else None
+    mirrored = stream.MirroredCalls(p2m, iommu, check=check)
+    for k, ((_, gfn, nr, mfn, code), kind) in enumerate(zip(calls, kinds)):
+        as_kind = ARG_KINDS[kind]
+        try:
+            mirrored.call(as_kind(gfn), as_kind(mfn if code else 0), as_kind(nr), TYPES_BY_CODE[code])
+        except ValueError:
+            return ({0: p2m}, {0: iommu} if mirror else None), k
+    return ({0: p2m}, {0: iommu} if mirror else None), None
+
+
+TYPES_BY_CODE = {code: name for name, code in CODE.items()}
+
+
+def one_by_one_until_error(calls, api="per-page", check=False):
+    """one_by_one on domain 0 alone; on a ValueError, the state so far and the call's index."""
+    calls = [(0, *c[1:]) for c in calls]
+    log = make_log(calls)
+    p2ms, iommus = {}, {}
+    for k in range(len(log)):
+        try:
+            d, change = apply_call(log, k, p2ms, "p2m-s2-40")
+        except ValueError:
+            return (p2ms, iommus), k
+        iommus.setdefault(d, UnsharedIommu("ipmmu-s1-39", api)).follow(change)
+        if check:
+            invariant.check(f"dom{d}", iommus[d], p2ms[d], change.touched)
+    return (p2ms, iommus), None
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(streams(), block_streams()).flatmap(
+    lambda calls: st.tuples(st.just(calls), st.lists(st.sampled_from(sorted(ARG_KINDS)), min_size=len(calls),
+                                                    max_size=len(calls)), st.booleans())))
+def test_single_calls_as_one_by_one(drawn):
+    calls, kinds, check = drawn
+    want, want_error = one_by_one_until_error(calls, check=check)
+    got, got_error = calls_by_hand(calls, kinds, check=check)
+    assert got_error == want_error
+    if want[0]:
+        assert_same(want, got)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams())
+def test_single_calls_on_the_p2m_alone_and_other_apis(calls):
+    want, want_error = one_by_one_until_error(calls, api="batched")
+    got, got_error = calls_by_hand(calls, ["int"] * len(calls), api="batched")
+    assert got_error == want_error
+    if want[0]:
+        assert_same(want, got)
+        alone, _ = calls_by_hand(calls, ["array"] * len(calls), mirror=False)
+        assert_same((want[0], None), alone)
+
+
+def test_single_calls_that_grow_the_pools_as_one_by_one():
+    """Calls 2 MiB apart: each takes a new table on both sides, so the pools grow under the
+    loop many times (and the loop's views of them are taken again)."""
+    calls = [(0, k * 512 + 3, 1, 7000 + k, CODE["ram_rw"]) for k in range(700)]
+    calls += [(0, k * 512 + 3, 1, 0, CODE["invalid"]) for k in range(0, 700, 3)]
+    want, _ = one_by_one_until_error(calls)
+    got, _ = calls_by_hand(calls, ["int"] * len(calls))
+    assert_same(want, got)
+
+
+@pytest.mark.parametrize("bad", [dict(gfn=-1), dict(gfn=np.array([-1])), dict(nr=0), dict(nr=-3), dict(gfn=1 << 40),
+                                 dict(gfn=(1 << 28) - 1, nr=2), dict(mfn=-5), dict(mfn=np.uint64(1 << 63)),
+                                 dict(gfn=1.5), dict(gfn="x"), dict(gfn=np.array([[5]])), dict(p2m_type="ram_rx"),
+                                 dict(p2m_type=3), dict(gfn=np.array([1, 2]), nr=np.array([1, 2, 3]))])
+def test_bad_single_calls_raise_what_set_entry_raises_and_change_nothing(bad):
+    args = dict(gfn=0x80000, mfn=0x90000, nr=1, p2m_type="ram_rw") | bad
+    p2m = stream.P2M("p2m-s2-40")
+    with pytest.raises(ValueError) as direct:
+        p2m.set_entry(**args)
+    p2m = stream.P2M("p2m-s2-40")
+    iommu = UnsharedIommu("ipmmu-s1-39", "per-page")
+    mirrored = stream.MirroredCalls(p2m, iommu)
+    mirrored.call(5, 9, 1, "ram_rw")
+    before = table_state(p2m.pt), table_state(iommu.pt), p2m.xen_counters(), iommu.counts
+    with pytest.raises(direct.type) as got:
+        mirrored.call(**args)
+    assert str(got.value) == str(direct.value)
+    assert before == (table_state(p2m.pt), table_state(iommu.pt), p2m.xen_counters(), iommu.counts)

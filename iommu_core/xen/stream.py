@@ -253,10 +253,14 @@ def _domain_run_end(log: CallLog, k: int, stop: int) -> int:
 
 def _python_call(log, k, p2ms, iommu, check) -> None:
     d, change = apply_call(log, k, p2ms, p2ms[int(log.domid[k])].fmt.name)
+    _follow(f"dom{d}", p2ms[d], iommu, change, check)
+
+
+def _follow(name, p2m, iommu, change, check) -> None:
     if iommu is not None:
         iommu.follow(change)
         if check:
-            invariant.check(f"dom{d}", iommu, p2ms[d], change.touched)
+            invariant.check(name, iommu, p2m, change.touched)
 
 
 def _python_run(log, d, k, end, p2ms, iommu, check) -> int:
@@ -265,72 +269,157 @@ def _python_run(log, d, k, end, p2ms, iommu, check) -> int:
     return end
 
 
+def _domain_run(log, d, k, end, p2m: P2M, iommu: UnsharedIommu | None, check: bool) -> int:
+    calls = MirroredCalls(p2m, iommu, check, name=f"dom{d}")
+    while k < end:
+        k = calls.run(k, end, log.gfn, log.mfn, log.nr, log.type)
+        if k < end:
+            _python_call(log, k, {d: p2m}, iommu, check)
+            k += 1
+    return k
+
+
 class _Side:
-    """One table's kernel view, taken afresh after any Python call (which may move its arrays)."""
+    """One table's kernel view, kept while its pool's arrays stay where they are (a Python
+    call or a grown pool may move them)."""
 
     def __init__(self, pt):
         self.pt = pt
         self.a, self.st = kn.arrays(pt)
+        self.mem, self.free = pt.pool.mem, pt.pool.free_pages
+
+    def fresh(self) -> "_Side":
+        pool = self.pt.pool
+        if pool.mem is not self.mem or pool.free_pages is not self.free:
+            return _Side(self.pt)
+        self.st.fill(0)
+        self.st[kn.TOP], self.st[kn.PEAK] = pool.top, pool.peak_pages
+        return self
 
     def back(self):
         kn.write_back(self.pt, self.st)
 
 
-def _domain_run(log, d, k, end, p2m: P2M, iommu: UnsharedIommu | None, check: bool) -> int:
-    p_levels = tuple(p2m.fmt.leaf_levels)
-    p_attrs = _p2m_attrs(p2m.fmt)
-    mirror = iommu is not None
-    q_pt = iommu.pt if mirror else p2m.pt                  # a stand-in the loop never touches
-    q_levels = (LAST_LEVEL,) if not mirror or iommu.rule.leaf == "4k" else tuple(q_pt.fmt.leaf_levels)
-    q_attrs = _iommu_attrs(q_pt.fmt) if mirror else p_attrs
-    dma_perm = DMA_PERM_BY_CODE.astype(np.int64)
-    if mirror:
-        c = iommu.costs
-        cost = np.array([c.map_call_ns, c.unmap_call_ns, c.iotlb_inv_ns,
-                         -1.0 if q_pt.fmt.coherent_walk else c.cache_clean_line_ns, c.table_alloc_ns])
-    else:
-        cost = np.zeros(5)
-    bounds = lambda pt: np.array([pt.fmt.ia_pages, pt.fmt.oa_pages], np.int64)
-    scratch = np.zeros((kn.MAX_INTERVALS, 2), np.int64)
-    op = np.zeros(kn.ST_LEN, np.int64)
-    out = np.zeros(1, np.int64)
-    while k < end:
-        p = _Side(p2m.pt)
-        q = _Side(q_pt)
-        deficit = np.zeros(LAST_LEVEL + 1, np.int64)
-        shattered = np.zeros(LAST_LEVEL + 1, np.int64)
-        ic = np.zeros(UNMAP_N + 1, np.int64)
-        lat = np.zeros(4)
+class MirroredCalls:
+    """p2m_set_entry calls on one P2M, each followed by its IOMMU (None: the P2M alone), run
+    one by one in the compiled loop: the state and counters that P2M.set_entry of each call,
+    then UnsharedIommu.follow, then (with `check`) invariant.check give. What the loop cannot
+    take exactly, or an IOMMU of another API, runs through those Python calls instead."""
+
+    def __init__(self, p2m: P2M, iommu: UnsharedIommu | None = None, check: bool = False, name: str = "domain"):
+        self.p2m, self.iommu, self.check, self.name = p2m, iommu, check, name
+        self.compiled = compiled_api(iommu)
+        mirror = iommu is not None
+        q_pt = iommu.pt if mirror else p2m.pt                  # a stand-in the loop never touches
+        self._p = _Side(p2m.pt)
+        self._q = _Side(q_pt) if mirror else self._p
+        q_levels = (LAST_LEVEL,) if not mirror or iommu.rule.leaf == "4k" else tuple(q_pt.fmt.leaf_levels)
         if mirror:
-            ml, ul = iommu.counts.map_latency, iommu.counts.unmap_latency
-            lat[:] = (ml.total, ml.squares, ul.total, ul.squares)
-        k, why = _run(k, end, log.gfn, log.mfn, log.nr, log.type, p.a, p.st, bounds(p2m.pt), p_levels, p_attrs,
-                      deficit, shattered, mirror, q.a, q.st, bounds(q_pt), q_levels, q_attrs, dma_perm, ic, lat, cost,
-                      check and mirror, scratch, op, out)
-        p.back()
-        p2m.xen.deficit += deficit
-        p2m.xen.shattered += shattered
-        if mirror:
-            q.back()
-            _count(iommu, ic, lat)
-        if why == PYTHON:
-            _python_call(log, k, {d: p2m}, iommu, check)
-            k += 1
-        elif why in (GROW_P2M, GROW_IOMMU):
-            pool = (p2m.pt if why == GROW_P2M else q_pt).pool
-            pool.reserve(int(out[0]))
-        elif why == MISMATCH:
-            touched = (np.array([log.gfn[k - 1]]), np.array([log.gfn[k - 1] + log.nr[k - 1]]))
-            invariant.check(f"dom{d}", iommu, p2m, touched)
-            raise RuntimeError(f"call {k - 1}: the compiled invariant check and invariant.check disagree")
-    return k
+            c = iommu.costs
+            cost = np.array([c.map_call_ns, c.unmap_call_ns, c.iotlb_inv_ns,
+                             -1.0 if q_pt.fmt.coherent_walk else c.cache_clean_line_ns, c.table_alloc_ns])
+        else:
+            cost = np.zeros(5)
+        bounds = lambda pt: np.array([pt.fmt.ia_pages, pt.fmt.oa_pages], np.int64)
+        p_attrs = _p2m_attrs(p2m.fmt)
+        # The loop's arguments after the tables' own, in _run's order.
+        self._p_args = (bounds(p2m.pt), tuple(p2m.fmt.leaf_levels), p_attrs)
+        self._q_args = (bounds(q_pt), q_levels, _iommu_attrs(q_pt.fmt) if mirror else p_attrs,
+                        DMA_PERM_BY_CODE.astype(np.int64))
+        self._cost = cost
+        self._scratch = np.zeros((kn.MAX_INTERVALS, 2), np.int64)
+        self._op = np.zeros(kn.ST_LEN, np.int64)
+        self._out = np.zeros(1, np.int64)
+        self._ic = np.zeros(UNMAP_N + 1, np.int64)
+        self._lat = np.zeros(4)
+        self._buf = np.zeros(4, np.int64)
+        self._one = tuple(self._buf[i:i + 1] for i in range(4))    # gfn, mfn, nr, code of one call
+        self._entry = None                  # _run's machine code for call()'s argument types
+        self._fixed = None                  # _run's arguments after the calls' arrays
+
+    def run(self, k0: int, k1: int, gfn: np.ndarray, mfn: np.ndarray, nr: np.ndarray, code: np.ndarray) -> int:
+        """Calls [k0, k1) of the int64 arrays (type codes) in the loop, until one it cannot
+        take exactly: returns that call's index (k1 when all ran)."""
+        return self._loop(k0, k1, (gfn, mfn, nr, code), _run) if self.compiled else k0
+
+    def call(self, gfn, mfn, nr, p2m_type) -> None:
+        """One p2m_set_entry of nr pages at gfn (mfn, a P2M type name; "invalid" removes them),
+        with its IOMMU following. Ints or length-1 arrays; the loop's refusals and bad values
+        go to P2M.set_entry, which does the work or names what is wrong."""
+        code = CODE.get(p2m_type) if isinstance(p2m_type, str) else None
+        g, m, n = _int(gfn), _int(mfn), _int(nr)
+        if self.compiled and code is not None and None not in (g, m, n):
+            self._buf[:] = (g, m, n, code)
+            if self._loop(0, 1, self._one, self._entry or _run) == 1:
+                return
+        _follow(self.name, self.p2m, self.iommu, self.p2m.set_entry(gfn, mfn, nr, p2m_type), self.check)
+
+    def _loop(self, k, k1, calls, fn) -> int:
+        mirror, iommu = self.iommu is not None, self.iommu
+        while k < k1:
+            p = self._p.fresh()
+            q = self._q.fresh() if mirror else p
+            if p is not self._p or q is not self._q or self._fixed is None:
+                self._p, self._q, self._entry, fn = p, q, None, _run     # new arrays: types checked again
+                xen = self.p2m.xen
+                self._fixed = (p.a, p.st, *self._p_args, xen.deficit, xen.shattered, mirror, q.a, q.st,
+                               *self._q_args, self._ic, self._lat, self._cost, self.check and mirror,
+                               self._scratch, self._op, self._out)
+            ic, lat = self._ic, self._lat
+            ic.fill(0)
+            if mirror:
+                ml, ul = iommu.counts.map_latency, iommu.counts.unmap_latency
+                lat[:] = (ml.total, ml.squares, ul.total, ul.squares)
+            args = (k, k1, *calls, *self._fixed)
+            k, why = fn(*args)
+            if calls is self._one and self._entry is None:
+                self._entry = _entry_point(_run, args)
+            p.back()
+            if mirror:
+                q.back()
+                _count(iommu, ic, lat)
+            if why == PYTHON:
+                return k
+            if why in (GROW_P2M, GROW_IOMMU):
+                (p if why == GROW_P2M else q).pt.pool.reserve(int(self._out[0]))
+            elif why == MISMATCH:
+                gfn, nr = calls[0], calls[2]
+                touched = (np.array([gfn[k - 1]]), np.array([gfn[k - 1] + nr[k - 1]]))
+                invariant.check(self.name, iommu, self.p2m, touched)
+                raise RuntimeError(f"call {k - 1}: the compiled invariant check and invariant.check disagree")
+        return k
+
+
+def _entry_point(dispatcher, args):
+    """The machine code numba compiled for these arguments' types, called without the
+    dispatcher's type matching (5 us for _run's 27 arguments, most of a single call's time);
+    None when no overload has exactly those types. The caller must keep the types."""
+    sig = tuple(dispatcher.typeof_pyval(a) for a in args)
+    return dispatcher.overloads[sig].entry_point if sig in dispatcher.overloads else None
+
+
+def _int(x):
+    """x as a plain int when it holds one integer that fits the loop's int64 (an int, a numpy
+    integer, a length-1 integer array), else None."""
+    if type(x) is int:                      # the common case first
+        return x if -(1 << 63) <= x < 1 << 63 else None
+    if isinstance(x, np.ndarray):
+        if x.size != 1 or x.ndim > 1 or x.dtype.kind not in "iu":
+            return None
+        x = x.item()
+    elif isinstance(x, np.integer):
+        x = int(x)
+    if isinstance(x, bool) or not isinstance(x, int) or not -(1 << 63) <= x < 1 << 63:
+        return None
+    return x
 
 
 def _count(iommu: UnsharedIommu, ic: np.ndarray, lat: np.ndarray) -> None:
     c = iommu.counts
-    for i, name in enumerate(COUNT_FIELDS):
-        setattr(c, name, getattr(c, name) + int(ic[i]))
-    c.map_latency.n += int(ic[MAP_N])
-    c.unmap_latency.n += int(ic[UNMAP_N])
-    c.map_latency.total, c.map_latency.squares, c.unmap_latency.total, c.unmap_latency.squares = \
-        (float(x) for x in lat)
+    v = ic.tolist()
+    for name, n in zip(COUNT_FIELDS, v):
+        if n:
+            setattr(c, name, getattr(c, name) + n)
+    c.map_latency.n += v[MAP_N]
+    c.unmap_latency.n += v[UNMAP_N]
+    c.map_latency.total, c.map_latency.squares, c.unmap_latency.total, c.unmap_latency.squares = lat.tolist()
