@@ -3,7 +3,8 @@
   python -m benchmarks.harness pgtable   the engine's rates, ratios and small-call times (TARGETS)
   python -m benchmarks.harness model     the server boot's wall time per policy and API, invariant off and on
   python -m benchmarks.harness sweep     1 -> 2 workers on a CPU-bound grid and on the default sweep, Ray's share
-  python -m benchmarks.harness stream    the captured stream replayed call by call: calls/s per mode, on one core
+  python -m benchmarks.harness stream    the captured stream replayed call by call: calls/s per mode, on one core;
+                                         then one mirrored single-page call on its own (us)
   python -m benchmarks.harness bigsweep  10,000 small cells on a local 3-node Ray cluster: the driver's peak RSS
   python -m benchmarks.harness bighost   the server with 100 to 5,000 small domUs: a cell's time and peak RSS
 
@@ -132,6 +133,7 @@ def sweep(args) -> None:
 # Calls per second per core, per replay mode (issue 16's targets), and the invariant's cost.
 STREAM_TARGETS = {"p2m": 5_000_000, "iommu": 2_000_000}
 CHECK_SLOWDOWN = 3.0
+SMALL_CALL_US = 10                  # one mirrored single-page call outside a stream, at most
 
 
 def stream(args) -> None:
@@ -145,6 +147,11 @@ def stream(args) -> None:
     if "iommu" in rates and "iommu+check" in rates:
         print(f"invariant on / off: {rates['iommu'] / rates['iommu+check']:.2f}x slower   "
               f"target <= {CHECK_SLOWDOWN}x")
+    pairs = streams.SMALL_PAIRS if args.path == "compiled" else streams.SMALL_PAIRS // 10
+    for arguments in streams.ARGUMENTS:
+        us = streams.small_call_us(arguments, args.path, pairs=pairs)
+        print(f"small call   {args.path:8s} {arguments:5s} arguments   {us:8.2f} us a call (best of 7 x {pairs:,} "
+              f"map-and-unmap pairs)   target <= {SMALL_CALL_US} us", flush=True)
 
 
 # The big grid's driver may take at most this much more memory than a 100-cell grid's (issue 16).
@@ -192,7 +199,7 @@ def main(argv=None) -> None:
                    help="measure only this (default: all three; end-to-end times the default sweep's whole command "
                         "on 1 and 2 workers, about 9 minutes)")
     s.set_defaults(run=sweep)
-    r = areas.add_parser("stream", help="the captured stream's replay rate per mode")
+    r = areas.add_parser("stream", help="the captured stream's replay rate per mode, and a small call's time")
     r.add_argument("--calls", type=positive_int, default=1_000_000,
                    help="calls per mode: the capture (33,353 calls) repeated as often as it takes (default 1,000,000)")
     r.add_argument("--modes", nargs="+", choices=streams.MODES, default=list(streams.MODES),

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks import stream as bench_stream
 from iommu_core.scenarios.files import XEN_CAPTURE
 from iommu_core.xen import invariant, stream
 from iommu_core.xen.iommu import UnsharedIommu
@@ -270,3 +271,29 @@ def test_bad_single_calls_raise_what_set_entry_raises_and_change_nothing(bad):
         mirrored.call(**args)
     assert str(got.value) == str(direct.value)
     assert before == (table_state(p2m.pt), table_state(iommu.pt), p2m.xen_counters(), iommu.counts)
+
+
+# -- the asv and harness measure of a small call (benchmarks/stream.py) ----------
+SMALL_GFN = 0x80001      # where benchmarks/stream.py's small_call_pair maps
+
+
+@pytest.mark.parametrize("arguments", bench_stream.ARGUMENTS)
+def test_the_benchmarks_small_call_pair_maps_and_removes_the_page_alike_on_both_paths(arguments):
+    after = {}
+    for path in bench_stream.PATHS:
+        call = bench_stream.small_call_pair(arguments, path)
+        for _ in range(3):
+            call.pair()
+        invariant.check(path, call.iommu, call.p2m, (np.array([SMALL_GFN]), np.array([SMALL_GFN + 1])))
+        assert len(call.p2m.entries(SMALL_GFN, 1).iova) == 0, "the pair ends with the page removed"
+        assert len(call.p2m.entries(SMALL_GFN - 1, 1).iova) == 1, "the booted page stays"
+        after[path] = (table_state(call.p2m.pt), table_state(call.iommu.pt), call.p2m.xen_counters(),
+                       call.iommu.counts)
+    assert after["compiled"] == after["python"]
+    assert bench_stream.small_call_us(arguments, tries=2, pairs=20) > 0
+
+
+@pytest.mark.parametrize("bad", [dict(arguments="list"), dict(arguments="int", path="c")])
+def test_the_benchmarks_small_call_names_an_unknown_choice(bad):
+    with pytest.raises(ValueError, match=repr(bad.get("path", bad["arguments"]))):
+        bench_stream.small_call_pair(**bad)
