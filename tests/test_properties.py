@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pagemodel import PAGE, DictModel
 
 from iommu_core import MappingConflict, PageTable
+from iommu_core.pgtable.arrays import count_distinct
 from iommu_core.pgtable.descriptors import MEMTYPE_NAMES, PERM_NAMES, allowed_perms
 from iommu_core.pgtable.format import PRESETS
 
@@ -222,3 +223,9 @@ def test_one_element_arrays_take_the_one_extent_path_and_count_the_same(preset, 
     # Not byte for byte: the two paths number new table pages in another order.
     assert arrays.stats() == vectorized.stats()
     assert all(np.array_equal(a, b) for a, b in zip(arrays.leaves(), vectorized.leaves()))
+
+
+@given(st.lists(st.integers(-5, 5), max_size=40), st.booleans())
+def test_count_distinct_counts_the_set_of_values_sorted_or_not(values, in_order):
+    a = np.array(sorted(values) if in_order else values, dtype=np.int64)
+    assert count_distinct(a) == len(set(values))

@@ -15,6 +15,7 @@ import numpy as np
 from .. import intervals as iv
 from ..pgtable import Format
 from ..pgtable.accounting import LINES_PER_TABLE
+from ..pgtable.arrays import count_distinct
 from ..pgtable.format import GRANULE
 from ..units import GIB, MIB
 from . import invariant
@@ -103,7 +104,7 @@ def tlb_flushes(change, one_lock: bool = False) -> int:
     modified = int((~ev.removing & ev.old_valid).sum())
     splits = int(sum(ev.splits.values()))
     gone = ev.removing & ev.old_valid
-    deferred = (1 if gone.any() else 0) if one_lock else int(len(np.unique(ev.call[gone])))
+    deferred = (1 if gone.any() else 0) if one_lock else count_distinct(ev.call[gone])
     return modified + splits + deferred
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..pgtable import order
+from ..pgtable.arrays import count_distinct
 from ..pgtable.format import GRANULE_SHIFT, LAST_LEVEL, level_shift
 
 LEVEL_NAMES = {1: "1g", 2: "2m", 3: "4k"}
@@ -63,7 +64,7 @@ def leaf_events(pt, gfn: np.ndarray, mfn: np.ndarray, nr: np.ndarray, removing: 
         # A superpage at or above lvl is split down through lvl once per block per batch.
         hit = valid_above & (stop <= lvl) & (level > lvl)
         if hit.any():
-            splits[lvl] = int(len(np.unique(page[hit] >> (level_shift(lvl) - GRANULE_SHIFT))))
+            splits[lvl] = count_distinct(page[hit] >> (level_shift(lvl) - GRANULE_SHIFT))
     same = valid_above & ((pa >> np.uint64(GRANULE_SHIFT)).astype(np.int64) == new_mfn)
     return LeafEvents(page, level, call, rem, valid_above | table, table, same, splits)
 
