@@ -435,7 +435,7 @@ class BulkPath:
             self.pool.flat[edge_flat] = 0
             cleared = (np.bincount(line_seg, live_in_line, len(f0))
                        + np.bincount(edge_seg, edge_live, len(f0))).astype(np.int64)
-            np.subtract.at(self.pool.used, f0 // ENTRIES, cleared)
+            self.pool.count_pages(f0 // ENTRIES, -cleared)
             n = int(cleared.sum())
             op.counts["descriptors_written"] += n
             op.counts["pages_unmapped"] += n

@@ -221,20 +221,15 @@ class TablePool:
         self._walk_cache = (self.generation, index)
         return index
 
-    def count_pages(self, pages: np.ndarray, delta: np.ndarray) -> None:
-        """used[pages[i]] += delta[i], repeats allowed."""
-        if len(pages) > 256:                 # ufunc.at is slow on long arrays
-            self.used[: self.top] += np.bincount(pages, delta, minlength=self.top).astype(np.int32)
-        else:
-            np.add.at(self.used, pages, delta)
+    def count_pages(self, pages: np.ndarray, delta) -> None:
+        """used[pages[i]] += delta[i] (or delta, one number for all), repeats allowed."""
+        # ufunc.at takes its fast loop only for an operand of the counts' own dtype: int64 or a
+        # Python int into these int32 counts goes through numpy's generic path, some 35x slower.
+        np.add.at(self.used, pages, np.asarray(delta, self.used.dtype))
 
     def count(self, flat: np.ndarray, delta) -> None:
         """Entries at these flat indexes became non-zero (delta > 0) or zero (delta < 0)."""
-        pages = np.asarray(flat, dtype=np.int64) // ENTRIES
-        if np.ndim(delta) == 0 and len(pages) > 4096:     # ufunc.at is slow on long arrays
-            self.used[: self.top] += (np.bincount(pages, minlength=self.top) * delta).astype(np.int32)
-        else:
-            np.add.at(self.used, pages, delta)
+        self.count_pages(np.asarray(flat, dtype=np.int64) // ENTRIES, delta)
 
     def tables_of_level(self, level: int) -> tuple[np.ndarray, np.ndarray]:
         """(prefixes, pages) of the live tables of a level below the root, sorted by prefix."""
