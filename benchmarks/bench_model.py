@@ -143,7 +143,7 @@ class P2MSmallCall:
     (`compiled`) or P2M.set_entry and follow (`python`). Target: at most 10 us a call.
 
     asv times one pair right after each setup (this asv sets number to 1 when a benchmark has
-    setup hooks), so the time_ figure is a call on a cold cache; track_us_per_call is a call
+    setup hooks), so the time_ figure is a pair on cold caches; track_us_per_call is a call
     in a steady run of them, half the best pair over thousands in a row."""
 
     params = [list(stream.ARGUMENTS), list(stream.PATHS)]
@@ -156,7 +156,6 @@ class P2MSmallCall:
         self.pair()
 
     def track_us_per_call(self, arguments, path):
-        pairs = stream.SMALL_PAIRS if path == "compiled" else stream.SMALL_PAIRS // 10    # python: 20x slower
-        return stream.small_call_us(arguments, path, tries=3, pairs=pairs)
+        return stream.small_call_us(arguments, path, tries=3)
 
     track_us_per_call.unit = "us"

@@ -147,9 +147,9 @@ def stream(args) -> None:
     if "iommu" in rates and "iommu+check" in rates:
         print(f"invariant on / off: {rates['iommu'] / rates['iommu+check']:.2f}x slower   "
               f"target <= {CHECK_SLOWDOWN}x")
-    pairs = streams.SMALL_PAIRS if args.path == "compiled" else streams.SMALL_PAIRS // 10
+    pairs = streams.small_pairs(args.path)
     for arguments in streams.ARGUMENTS:
-        us = streams.small_call_us(arguments, args.path, pairs=pairs)
+        us = streams.small_call_us(arguments, args.path)
         print(f"small call   {args.path:8s} {arguments:5s} arguments   {us:8.2f} us a call (best of 7 x {pairs:,} "
               f"map-and-unmap pairs)   target <= {SMALL_CALL_US} us", flush=True)
 

@@ -78,7 +78,12 @@ def calls_per_second(log: CallLog, mode: str, calls: int, path: str = "compiled"
 
 
 ARGUMENTS = ("int", "array")
-SMALL_PAIRS = 5000                  # map-and-unmap pairs per try of small_call_us
+SMALL_PAIRS = 5000                  # map-and-unmap pairs per try of small_call_us, compiled
+
+
+def small_pairs(path: str) -> int:
+    """Pairs per try: the Python path is some 10x slower a call, so a tenth as many."""
+    return SMALL_PAIRS if path == "compiled" else SMALL_PAIRS // 10
 
 
 class SmallCall(NamedTuple):
@@ -113,9 +118,10 @@ def small_call_pair(arguments: str, path: str = "compiled") -> SmallCall:
     return SmallCall(pair, p2m, iommu)
 
 
-def small_call_us(arguments: str, path: str = "compiled", tries: int = 7, pairs: int = SMALL_PAIRS) -> float:
-    """Best microseconds per call (half a pair) over `tries` runs of `pairs` pairs in a row: a
-    steady stream of small calls, the best because on a shared machine the rest measures the
-    neighbours."""
+def small_call_us(arguments: str, path: str = "compiled", tries: int = 7, pairs: int | None = None) -> float:
+    """Best microseconds per call (half a pair) over `tries` runs of `pairs` pairs in a row
+    (small_pairs by default): a steady stream of small calls, the best because on a shared
+    machine the rest measures the neighbours."""
     pair = small_call_pair(arguments, path).pair
+    pairs = small_pairs(path) if pairs is None else pairs
     return min(timeit.repeat(pair, number=pairs, repeat=tries)) / pairs / 2 * 1e6

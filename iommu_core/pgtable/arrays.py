@@ -30,9 +30,8 @@ def count_distinct(a: np.ndarray) -> int:
     the engine's per-call arrays are), which is some 100x faster than np.unique's sort."""
     if len(a) < 2:
         return len(a)
-    step = a[1:] != a[:-1]
     if bool(np.all(a[1:] >= a[:-1])):
-        return 1 + int(np.count_nonzero(step))
+        return 1 + int(np.count_nonzero(a[1:] != a[:-1]))
     return len(np.unique(a))
 
 
